@@ -1,0 +1,90 @@
+"""OHP T120 camera facts and the header rules that turn raw keywords into safe names.
+
+Everything that depends on the instrument or on header conventions lives here, so the reduction
+modules stay generic and the synthetic nights model the same camera the pipeline expects.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Detector (Andor 2048^2 binned 2x2, as encoded in astro_reduce 5.1.3's t120-andor1024.ahead).
+NAXIS = 1024
+PIXEL_SCALE_ARCSEC = 0.77
+SATURATION_ADU = 64000.0
+# Nominal CD matrix of the T120 (degrees / pixel): ~179.4 deg rotation with flipped parity.
+CD_MATRIX = (
+    (-2.138738809045e-04, 2.180959444292e-06),
+    (-2.331002019312e-06, -2.138176347970e-04),
+)
+
+# Folders of a night, and which frame type each holds (the folder decides, never IMAGETYP).
+FRAME_FOLDERS = {"DARK": "dark", "FLAT": "flat", "ORIGINAL": "object"}
+FITS_SUFFIXES = (".fits", ".fit", ".fts")
+COMPRESSED_SUFFIXES = ("", ".gz", ".fz")
+
+EXPOSURE_KEYS_SECONDS = ("EXPTIME", "EXPOSURE")
+EXPOSURE_KEY_MS = "EXP (MS)"
+
+_UNSAFE_OBJECT = re.compile(r"[^A-Za-z0-9+\-]+")
+_UNSAFE_FILTER = re.compile(r"[^A-Za-z0-9+]+")
+_DASH_RUN = re.compile(r"-{2,}")
+
+
+class HeaderError(ValueError):
+    """A header lacks a keyword the reduction needs, or holds an unusable value."""
+
+
+def is_fits_name(name: str) -> bool:
+    """True for .fits/.fit/.fts in any case, optionally gzip- or fpack-compressed."""
+    lower = name.lower()
+    return any(lower.endswith(s + c) for s in FITS_SUFFIXES for c in COMPRESSED_SUFFIXES)
+
+
+def exposure_ms(header: Mapping[str, Any]) -> int:
+    """Exposure in integer milliseconds: EXPTIME, then EXPOSURE (s), then 'EXP (MS)' (ms).
+
+    Rounded to the nearest millisecond; 5.1.3 truncated, so 1.001 s became 1000 ms.
+    """
+    for key in EXPOSURE_KEYS_SECONDS:
+        if key in header:
+            return _to_ms(header[key], key, 1000.0)
+    if EXPOSURE_KEY_MS in header:
+        return _to_ms(header[EXPOSURE_KEY_MS], EXPOSURE_KEY_MS, 1.0)
+    raise HeaderError("no exposure keyword (EXPTIME, EXPOSURE or 'EXP (MS)')")
+
+
+def _to_ms(value: Any, key: str, factor: float) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise HeaderError(f"{key} = {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise HeaderError(f"{key} = {value!r} is not a valid exposure")
+    return round(number * factor)
+
+
+def sanitize_object(raw: str) -> str:
+    """OBJECT as a file-name-safe token.
+
+    5.1.3's rule (space and '_' become '-') plus: every other character outside [A-Za-z0-9+-]
+    becomes '-', runs of '-' collapse and edge dashes go, so '/', '..', '*' or '[' can never
+    reach a path or a glob. 'M 67' -> 'M-67', 'NGC_2420' -> 'NGC-2420', '../../x' -> 'x'.
+    """
+    return _DASH_RUN.sub("-", _UNSAFE_OBJECT.sub("-", str(raw).strip())).strip("-")
+
+
+def sanitize_filter(raw: str) -> str:
+    """FILTER as a file-name-safe token: 5.1.3 deletes '-', ' ' and '_'; we delete every other
+    unsafe character too ('r-SDSS' -> 'rSDSS', 'B_1' -> 'B1')."""
+    return _UNSAFE_FILTER.sub("", str(raw).strip())
+
+
+def header_text(header: Mapping[str, Any], key: str) -> str:
+    """A string keyword's value, or HeaderError when it is missing."""
+    if key not in header:
+        raise HeaderError(f"no {key} keyword")
+    return str(header[key]).strip()

@@ -1,0 +1,183 @@
+"""The `astro_reduce` command, run in a night folder holding DARK/, FLAT/ and ORIGINAL/.
+
+Same options, folders, names and messages (E:/W: prefixes, the elapsed-time summary) as
+astro_reduce 5.1.3, but every problem is named, the rest of the night still gets reduced, the
+exit status is non-zero when anything failed, and a log file is kept beside the products.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__, steps
+from .inventory import Inventory
+from .layout import NightLayout
+
+LOG_FILE = "astro_reduce.log"
+OPTION_ORDER = (
+    "setup",
+    "clear",
+    "clearall",
+    "interpolate",
+    "verbose",
+    "tmppng",
+    "stkpng",
+    "nomaster",
+    "nostack",
+    "overwrite",
+)
+
+
+class Reporter:
+    """Prints 5.1.3-style coloured messages, counts errors, and mirrors everything to a log."""
+
+    def __init__(self, verbose: bool, log_path: Path | None = None):
+        self.verbose = verbose
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self._log_path = log_path
+
+    def __call__(self, level: str, message: str) -> None:
+        if level == "error":
+            self.errors.append(message)
+            self._print("E: " + message, fg="red", err=True)
+        elif level == "warning":
+            self.warnings.append(message)
+            self._print("W: " + message, fg="magenta")
+        elif level == "info":
+            self._print(message, fg="green")
+        elif self.verbose:
+            self._print(message)
+
+    def _print(self, text: str, fg: str | None = None, err: bool = False) -> None:
+        click.secho(text, fg=fg, err=err)
+        if self._log_path is not None:
+            stamp = dt.datetime.now().isoformat(timespec="seconds")
+            try:
+                with open(self._log_path, "a", encoding="utf-8") as log:
+                    log.write(f"{stamp} {text}\n")
+            except OSError:
+                self._log_path = None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="astro_reduce")
+@click.option("-s", "--setup", is_flag=True, help="Set up the night folder (inventory, names).")
+@click.option("-c", "--clear", is_flag=True, help="Remove working files; keep stacked/, reduced/.")
+@click.option("-z", "--clearall", is_flag=True, help="Remove working files, stacked/ and reduced/.")
+@click.option("-i", "--interpolate", is_flag=True, help="Interpolate missing master darks.")
+@click.option("-v", "--verbose", is_flag=True, help="Report each step and each file found.")
+@click.option("-t", "--tmppng", is_flag=True, help="PNG quick-looks of masters and aux frames.")
+@click.option("-r", "--stkpng", is_flag=True, help="PNG quick-looks of stacked images.")
+@click.option("--nomaster", is_flag=True, help="Use the masters already in ar_masters/.")
+@click.option("--nostack", is_flag=True, help="Calibrate only; do not stack.")
+@click.option("--overwrite", is_flag=True, help="Recompute products even when they are current.")
+def cli(**options: bool) -> None:
+    """Reduce an OHP T120 night: master darks and flats, calibrated (aux) frames, stacks.
+
+    Run `astro_reduce --setup` once in the night folder, then `astro_reduce [options]`.
+    """
+    started = time.monotonic()
+    night = Path.cwd()
+    layout = NightLayout.in_place(night)
+    click.secho("    Welcome to astro_reduce!", fg="cyan", bold=True)
+    click.secho(
+        f"    astro_reduce-airflow {__version__}, after astro_reduce 5.1.3 by Raphaël Duque "
+        "& Jeremie Vaubaillon.\n\n",
+        fg="cyan",
+    )
+    given = [name for name in OPTION_ORDER if options[name]]
+    click.secho(f"Currently working in directory `{night.name}`.", fg="green")
+    click.secho(f"Options: {', '.join(given)}.", fg="green")
+    if options["clearall"] or options["clear"]:
+        removed = steps.clear_night(layout, everything=options["clearall"])
+        click.echo(f"Removed: {', '.join(removed) if removed else 'nothing to remove'}.")
+        sys.exit(0)
+    report = Reporter(verbose=options["verbose"] or options["setup"], log_path=night / LOG_FILE)
+    try:
+        if options["setup"]:
+            _setup(layout, report)
+        else:
+            _reduce(layout, report, options)
+    except steps.StepError as exc:
+        report("error", str(exc))
+    _finish(report, started)
+
+
+def _setup(layout: NightLayout, report: Reporter) -> None:
+    report("info", "Setting up for reduction:")
+    summary = steps.setup_night(layout, log=report)
+    for kind, label in (("darks", "dark field"), ("flats", "flat field"), ("objects", "object")):
+        report("verbose", f"  Linking {label} images...     Done ({summary[kind]} files).")
+    report("verbose", f"  Writing configuration file `{layout.config_file.name}`.")
+    report("verbose", f"  Groups to stack: {', '.join(summary['groups']) or 'none'}.")
+    report("info", "Done.")
+
+
+def _reduce(layout: NightLayout, report: Reporter, options: dict[str, bool]) -> None:
+    report("info", f"Parsing configuration file `{layout.config_file.name}`.")
+    inventory = steps.load_inventory(layout)
+    for problem in inventory.quarantined:
+        report("warning", f"{problem.path} {problem.reason}: left out at setup.")
+    if report.verbose:
+        _files_found(inventory, report)
+    overwrite = options["overwrite"]
+    if options["nomaster"]:
+        if not layout.masters.is_dir():
+            raise steps.StepError(
+                "You used the --nomaster option but there is no MASTER folder `ar_masters`."
+            )
+    else:
+        steps.make_masters(layout, options["interpolate"], overwrite, log=report)
+    groups = [g.name for g in inventory.groups()]
+    calibrated = []
+    report("info", "Writing auxiliary object images:")
+    for name in groups:
+        try:
+            steps.calibrate_group(layout, name, overwrite, log=report)
+            calibrated.append(name)
+        except steps.StepError as exc:
+            report("error", str(exc))
+    if not options["nostack"]:
+        report("info", "Stacking object images:")
+        for name in calibrated:
+            try:
+                steps.stack_group(layout, name, overwrite, log=report)
+            except steps.StepError as exc:
+                report("error", str(exc))
+    if options["stkpng"]:
+        steps.make_previews(layout, masters_and_aux=False, stacks=True, log=report)
+        report("info", "Writing PNG versions of stacked images... Done.")
+    if options["tmppng"]:
+        steps.make_previews(layout, masters_and_aux=True, stacks=False, log=report)
+        report("info", "Writing PNG versions of master and auxiliary images... Done.")
+
+
+def _files_found(inventory: Inventory, report: Reporter) -> None:
+    report("verbose", "Files found:")
+    for group, frames in inventory.groups().items():
+        report("verbose", f"    {group.name:<10}: {sorted(f.path for f in frames)}")
+    for exposure, frames in inventory.darks_by_exposure().items():
+        report("verbose", f"    {str(exposure) + 'ms':<10}: {sorted(f.path for f in frames)}")
+    for name, frames in inventory.flats_by_filter().items():
+        report("verbose", f"    {name:<10}: {sorted(f.path for f in frames)}")
+
+
+def _finish(report: Reporter, started: float) -> None:
+    elapsed = dt.timedelta(seconds=int(time.monotonic() - started))
+    if report.errors:
+        click.secho(f"\n{len(report.errors)} problem(s):", fg="red", err=True)
+        for message in report.errors:
+            click.secho(f"E: {message}", fg="red", err=True)
+    click.secho(f"\nastro_reduce done. ({elapsed})", fg="green")
+    sys.exit(1 if report.errors else 0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

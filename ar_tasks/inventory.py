@@ -1,0 +1,278 @@
+"""Inventory of a night: find the raw frames, validate them, quarantine the bad ones, group.
+
+The inventory is the single source of truth for every later step: stacks use exactly the frames
+listed here (5.1.3 globbed its working folders and stacked stale files, bug B17), and it is
+saved as JSON so a rerun, the CLI and the DAG all see the same night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import camera
+from .fitsio import FrameError, read_frame
+
+INVENTORY_VERSION = 1
+MAX_NONFINITE_FRACTION = 0.5  # a frame with more NaN/inf pixels than this is unusable
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """One stack: all science frames of an (object, filter, exposure)."""
+
+    object: str
+    filter: str
+    exposure_ms: int
+
+    @property
+    def name(self) -> str:
+        """astro_reduce's stack name, `<OBJ>_<FILTER>_<ms>`."""
+        return f"{self.object}_{self.filter}_{self.exposure_ms}"
+
+    @property
+    def label(self) -> str:
+        """Readable label, e.g. 'M-67 V 60s'."""
+        seconds = self.exposure_ms / 1000
+        return f"{self.object or '(no object)'} {self.filter} {seconds:g}s"
+
+    @classmethod
+    def parse(cls, name: str) -> GroupKey:
+        """Inverse of `name` (object names never contain '_')."""
+        obj, filt, exposure = name.rsplit("_", 2)
+        return cls(obj, filt, int(exposure))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One usable raw frame, with the facts the reduction needs."""
+
+    path: str  # relative to the raw night folder, e.g. "ORIGINAL/m67-001.fits"
+    kind: str  # "dark", "flat" or "object"
+    exposure_ms: int
+    filter: str = ""
+    object: str = ""
+    sha256: str = ""
+    date_obs: str = ""
+    nonfinite: int = 0
+
+    @property
+    def id(self) -> str:
+        """astro_reduce's frame id: the MD5 of the relative path string."""
+        return hashlib.md5(self.path.encode()).hexdigest()
+
+    @property
+    def working_name(self) -> str:
+        """astro_reduce's working-copy name in ar_darks/, ar_flats/ or ar_objects/."""
+        if self.kind == "dark":
+            return f"dark_{self.exposure_ms}_{self.id}.fits"
+        if self.kind == "flat":
+            return f"flat_{self.filter}_{self.exposure_ms}_{self.id}.fits"
+        return f"{self.object}_{self.filter}_{self.exposure_ms}_{self.id}.fits"
+
+    @property
+    def stem(self) -> str:
+        return self.working_name.removesuffix(".fits")
+
+    @property
+    def group(self) -> GroupKey:
+        return GroupKey(self.object, self.filter, self.exposure_ms)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A raw file left out of the reduction, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Inventory:
+    """Every usable frame of a night, the quarantined files, and the night's frame shape."""
+
+    frames: list[Frame] = field(default_factory=list)
+    quarantined: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    shape: tuple[int, int] | None = None
+
+    def of_kind(self, kind: str) -> list[Frame]:
+        return [f for f in self.frames if f.kind == kind]
+
+    def darks_by_exposure(self) -> dict[int, list[Frame]]:
+        return _grouped(self.of_kind("dark"), lambda f: f.exposure_ms)
+
+    def flats_by_filter(self) -> dict[str, list[Frame]]:
+        return _grouped(self.of_kind("flat"), lambda f: f.filter)
+
+    def groups(self) -> dict[GroupKey, list[Frame]]:
+        return _grouped(self.of_kind("object"), lambda f: f.group)
+
+    def needed_exposures(self) -> list[int]:
+        """Exposures that need a master dark: those of the flats and the science frames."""
+        return sorted({f.exposure_ms for f in self.frames if f.kind != "dark"})
+
+    def config(self) -> dict[str, list[Any]]:
+        """astro_reduce's `<dir>.json` content, with sorted (reproducible) lists."""
+        return {
+            "objects": sorted({f.object for f in self.of_kind("object")}),
+            "exposures": sorted({f.exposure_ms for f in self.frames}),
+            "filters": sorted({f.filter for f in self.frames if f.kind != "dark"}),
+        }
+
+    def to_json(self) -> str:
+        payload = {
+            "version": INVENTORY_VERSION,
+            "shape": list(self.shape) if self.shape else None,
+            "frames": [asdict(f) for f in self.frames],
+            "quarantined": [asdict(p) for p in self.quarantined],
+            "warnings": self.warnings,
+        }
+        return json.dumps(payload, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Inventory:
+        payload = json.loads(text)
+        if payload.get("version") != INVENTORY_VERSION:
+            raise ValueError(f"unsupported inventory version {payload.get('version')!r}")
+        return cls(
+            frames=[Frame(**f) for f in payload["frames"]],
+            quarantined=[Problem(**p) for p in payload["quarantined"]],
+            warnings=list(payload["warnings"]),
+            shape=tuple(payload["shape"]) if payload["shape"] else None,
+        )
+
+
+def _grouped(frames: list[Frame], key: Any) -> dict[Any, list[Frame]]:
+    grouped: dict[Any, list[Frame]] = defaultdict(list)
+    for frame in frames:
+        grouped[key(frame)].append(frame)
+    return dict(sorted(grouped.items()))
+
+
+def find_raw_files(night_dir: Path) -> tuple[list[str], list[Problem]]:
+    """Relative paths of the FITS files in DARK/, FLAT/ and ORIGINAL/, sorted; other files named.
+
+    Any case of .fits/.fit/.fts, optionally .gz or .fz (5.1.3's case-sensitive `*.fit*` skipped
+    .fts and .FITS silently).
+    """
+    found: list[str] = []
+    ignored: list[Problem] = []
+    for folder in camera.FRAME_FOLDERS:
+        directory = night_dir / folder
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir()):
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            relative = f"{folder}/{entry.name}"
+            if camera.is_fits_name(entry.name):
+                found.append(relative)
+            else:
+                ignored.append(Problem(relative, "is not named like a FITS file; ignored"))
+    return found, ignored
+
+
+def inspect(night_dir: Path, relative: str) -> tuple[Frame, tuple[int, int], str, str]:
+    """Read and validate one raw file; returns the frame, its shape and raw OBJECT/FILTER.
+
+    Raises FrameError or camera.HeaderError with the reason.
+    """
+    kind = camera.FRAME_FOLDERS[relative.split("/", 1)[0]]
+    raw = read_frame(night_dir / relative)
+    header = raw.header
+    exposure = camera.exposure_ms(header)
+    raw_filter = raw_object = ""
+    filt = obj = ""
+    if kind in ("flat", "object"):
+        raw_filter = camera.header_text(header, "FILTER")
+        filt = camera.sanitize_filter(raw_filter)
+        if not filt:
+            raise camera.HeaderError(f"FILTER = {raw_filter!r} leaves no usable name")
+    if kind == "object":
+        raw_object = camera.header_text(header, "OBJECT")
+        obj = camera.sanitize_object(raw_object)
+    nonfinite = int(np.count_nonzero(~np.isfinite(raw.data)))
+    if nonfinite > MAX_NONFINITE_FRACTION * raw.data.size:
+        raise FrameError(f"has {nonfinite} NaN or infinite pixels of {raw.data.size}")
+    frame = Frame(
+        path=relative,
+        kind=kind,
+        exposure_ms=exposure,
+        filter=filt,
+        object=obj,
+        sha256=raw.sha256,
+        date_obs=str(header.get("DATE-OBS", "")),
+        nonfinite=nonfinite,
+    )
+    shape = (int(raw.data.shape[0]), int(raw.data.shape[1]))
+    return frame, shape, raw_object, raw_filter
+
+
+def take_inventory(night_dir: Path) -> Inventory:
+    """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/."""
+    night_dir = Path(night_dir)
+    paths, ignored = find_raw_files(night_dir)
+    inventory = Inventory(quarantined=list(ignored))
+    candidates: list[tuple[Frame, tuple[int, int]]] = []
+    raw_names: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for relative in paths:
+        try:
+            frame, shape, raw_object, raw_filter = inspect(night_dir, relative)
+        except (FrameError, camera.HeaderError) as exc:
+            inventory.quarantined.append(Problem(relative, str(exc)))
+            continue
+        candidates.append((frame, shape))
+        if frame.kind == "object":
+            raw_names[("OBJECT", frame.object)].add(raw_object)
+        if frame.kind != "dark":
+            raw_names[("FILTER", frame.filter)].add(raw_filter)
+    if candidates:
+        inventory.shape = _night_shape([shape for _, shape in candidates])
+    for frame, shape in candidates:
+        if shape != inventory.shape:
+            assert inventory.shape is not None
+            reason = f"is {_size(shape)} while the night's frames are {_size(inventory.shape)}"
+            inventory.quarantined.append(Problem(frame.path, reason))
+        else:
+            inventory.frames.append(frame)
+    inventory.quarantined.sort(key=lambda p: p.path)
+    inventory.warnings.extend(_name_warnings(raw_names))
+    return inventory
+
+
+def _night_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:
+    """The most common frame shape (ties: the larger frame)."""
+    counts = Counter(shapes)
+    return max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
+
+
+def _size(shape: tuple[int, int]) -> str:
+    return f"{shape[1]}x{shape[0]} px"
+
+
+def _name_warnings(raw_names: dict[tuple[str, str], set[str]]) -> list[str]:
+    messages = []
+    for (keyword, safe), originals in sorted(raw_names.items()):
+        if keyword == "OBJECT" and safe == "":
+            messages.append(
+                "The OBJECT keyword is empty in some frames; their names start with '_'."
+            )
+        elif len(originals) > 1:
+            listed = ", ".join(repr(o) for o in sorted(originals))
+            messages.append(
+                f"{keyword} values {listed} all become '{safe}' and are grouped together."
+            )
+        elif keyword == "OBJECT":
+            original = next(iter(originals))
+            if safe != original.replace(" ", "-").replace("_", "-"):
+                messages.append(
+                    f"OBJECT {original!r} has unsafe characters; it is written '{safe}'."
+                )
+    return messages

@@ -1,0 +1,111 @@
+"""Master darks, dark interpolation in exposure time, and master flats: pure array functions.
+
+The file handling (which frames, which names, headers) lives in `steps`; here everything takes
+and returns numpy arrays so each algorithm can be tested against known truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .combine import FrameStack
+
+# Flat pixels below this fraction of the central level are not corrected (NaN in the master):
+# dividing by a near-zero response would turn noise into huge values (5.1.3 let inf through).
+FLAT_MIN_RESPONSE = 0.05
+
+
+def central_region(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The central half of the frame in each axis: the region that defines a flat's level."""
+    height, width = shape[-2], shape[-1]
+    return slice(height // 4, height - height // 4), slice(width // 4, width - width // 4)
+
+
+def robust_level(image: np.ndarray) -> float:
+    """Median of the finite pixels of the central region, after one 5-sigma (MAD) clip.
+
+    One global statistic per flat: 5.1.3 divided each column by its own mean, which erased the
+    flat's structure along x (a +-13% sky gradient remained in its stacks).
+    """
+    values = image[central_region(image.shape)]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("no finite pixel in the central region")
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median))) * 1.4826
+    if mad > 0:
+        values = values[np.abs(values - median) < 5 * mad]
+    return float(np.median(values))
+
+
+def master_dark(frames: Iterable[np.ndarray]) -> np.ndarray:
+    """Pixel-wise median of dark frames of one exposure (bias + dark current, float32)."""
+    with FrameStack() as combined:
+        for frame in frames:
+            combined.append(frame)
+        return combined.median()
+
+
+def fit_dark_model(
+    exposures_ms: Sequence[int], masters: Sequence[np.ndarray], counts: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel weighted least-squares line dark = intercept + slope * exposure_ms.
+
+    Weights are the number of frames behind each master (its variance is ~1/N); 5.1.3 weighted
+    exposures equally. Needs at least two distinct exposures.
+    """
+    x = np.asarray(exposures_ms, dtype=np.float64)
+    w = np.asarray(counts, dtype=np.float64)
+    if len(set(x.tolist())) < 2:
+        raise ValueError("a dark line needs master darks at two or more exposures")
+    if len(masters) != len(x) or len(w) != len(x):
+        raise ValueError("exposures, masters and counts must have the same length")
+    w = w / w.sum()
+    x_mean = float(np.sum(w * x))
+    sxx = float(np.sum(w * (x - x_mean) ** 2))
+    weighted_mean = np.zeros(masters[0].shape, dtype=np.float64)
+    sxy = np.zeros(masters[0].shape, dtype=np.float64)
+    for weight, exposure, master in zip(w, x, masters, strict=True):
+        weighted_mean += weight * master
+        sxy += weight * (exposure - x_mean) * master
+    # sxy above is sum w (x - xm) y; since sum w (x - xm) = 0 it equals the centred covariance.
+    slope = sxy / sxx
+    intercept = weighted_mean - slope * x_mean
+    return slope.astype(np.float32), intercept.astype(np.float32)
+
+
+def interpolate_dark(slope: np.ndarray, intercept: np.ndarray, exposure_ms: int) -> np.ndarray:
+    """The dark model evaluated at one exposure."""
+    return (intercept + slope * np.float32(exposure_ms)).astype(np.float32)
+
+
+def normalise_flat(flat: np.ndarray, dark: np.ndarray) -> tuple[np.ndarray, float]:
+    """Dark-subtract one flat and divide it by its robust central level; returns (flat, level)."""
+    signal = flat.astype(np.float32) - dark
+    level = robust_level(signal)
+    if not level > 0:
+        raise ValueError(f"the flat's central level is {level:.3g} ADU after dark subtraction")
+    return signal / np.float32(level), level
+
+
+def finish_flat(median: np.ndarray) -> tuple[np.ndarray, int]:
+    """Renormalise a median of normalised flats to a central level of 1, and guard it.
+
+    Pixels whose response is below FLAT_MIN_RESPONSE (dead or nearly dead) or not finite become
+    NaN, so the calibration leaves them undefined instead of dividing by ~0. Returns the master
+    and the number of such pixels.
+    """
+    master = median / np.float32(robust_level(median))
+    bad = ~np.isfinite(master) | (master < FLAT_MIN_RESPONSE)
+    master[bad] = np.nan
+    return master.astype(np.float32), int(bad.sum())
+
+
+def master_flat(normalised: Iterable[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Median of normalised flats, finished by finish_flat."""
+    with FrameStack() as combined:
+        for frame in normalised:
+            combined.append(frame)
+        return finish_flat(combined.median())

@@ -1,0 +1,53 @@
+"""Provenance keys: a product is reused only when it was made from the same inputs.
+
+Every product header carries ARKEY, a SHA-256 over the software version, the step, its
+parameters and the keys (or checksums) of its inputs. A rerun recomputes a product only when its
+key changed, so reruns are cheap and can never reuse a product made from other data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from astropy.io import fits
+
+from . import __version__
+from .fitsio import sha256_file
+
+KEY_KEYWORD = "ARKEY"
+VERSION_KEYWORD = "ARVERS"
+
+
+def product_key(step: str, **inputs: Any) -> str:
+    """Deterministic key of a product from its step name and JSON-able inputs."""
+    payload = json.dumps({"version": __version__, "step": step, **inputs}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def stored_key(path: Path) -> str | None:
+    """The ARKEY of an existing product, or None when absent or unreadable."""
+    try:
+        return str(fits.getval(path, KEY_KEYWORD))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def input_key(path: Path) -> str:
+    """Key of a product used as input: its ARKEY, or its checksum when it has none
+    (for example a master supplied by the user with --nomaster)."""
+    return stored_key(path) or sha256_file(path)
+
+
+def is_current(path: Path, key: str) -> bool:
+    """True when `path` exists and was made from exactly these inputs."""
+    return Path(path).is_file() and stored_key(path) == key
+
+
+def stamp(header: fits.Header, key: str) -> fits.Header:
+    """Record the key and the software version in a product header."""
+    header[VERSION_KEYWORD] = (__version__, "astro_reduce-airflow version")
+    header[KEY_KEYWORD] = key  # 64 hex digits: no room for a comment
+    return header

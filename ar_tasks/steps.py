@@ -1,0 +1,662 @@
+"""Step functions: the only entry points the `astro_reduce` CLI and the Airflow DAG call.
+
+Each takes plain arguments (folders, a group name, options), does one step for one night or
+one group, and returns a small JSON-able dict of keys, counts and QC figures, never arrays.
+Problems with single files or groups are collected in the result (and reported through `log`)
+so the rest of the night goes on; products are written atomically and reused when their
+provenance key shows they were made from the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from . import calibration, masters, registration
+from .combine import FrameStack, median_noise_factor
+from .fitsio import (
+    FrameError,
+    RawFrame,
+    product_header,
+    read_frame,
+    read_product,
+    write_bytes_atomic,
+    write_image,
+)
+from .inventory import Frame, GroupKey, Inventory, take_inventory
+from .layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
+from .previews import png_path, write_preview
+from .provenance import input_key, is_current, product_key, stamp
+
+Log = Callable[[str, str], None]  # (level, message); levels: info, verbose, warning, error
+
+
+def _quiet(level: str, message: str) -> None:
+    """Default log: say nothing (the DAG and the CLI pass their own)."""
+
+
+class StepError(RuntimeError):
+    """A step cannot run at all (as opposed to a problem with one file or one group)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+
+
+def setup_night(layout: NightLayout, working_copies: bool = True, log: Log = _quiet) -> dict:
+    """Inventory the raw night, save it, and remove products the new inventory does not cover.
+
+    Writes ar_inventory.json (what every later step reads), astro_reduce's `<dir>.json`, and
+    the ar_darks/ar_flats/ar_objects working names as relative symbolic links to the raw files
+    (5.1.3 copied them, doubling the disk use). Stale aux frames, stacks and PNGs from an earlier
+    setup are deleted, so they can never be stacked or solved again (5.1.3 bug B17).
+    """
+    missing = [
+        name for name in ("DARK", "FLAT", "ORIGINAL") if not (layout.raw_dir / name).is_dir()
+    ]
+    if missing:
+        raise StepError(
+            f"Did not find folder {', '.join(missing)} in `{layout.raw_dir}`: a night folder "
+            "must hold DARK, FLAT and ORIGINAL."
+        )
+    inventory = take_inventory(layout.raw_dir)
+    for problem in inventory.quarantined:
+        log("error", f"{problem.path} {problem.reason}: left out.")
+    for warning in inventory.warnings:
+        log("warning", warning)
+    layout.out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(layout.inventory_file, inventory.to_json().encode())
+    write_bytes_atomic(
+        layout.config_file, (json.dumps(inventory.config(), indent=2) + "\n").encode()
+    )
+    if working_copies:
+        _link_working_copies(layout, inventory)
+    removed = prune_stale_products(layout, inventory)
+    for path in removed:
+        log("verbose", f"  Removed stale product `{path}`.")
+    return {
+        "frames": len(inventory.frames),
+        "darks": len(inventory.of_kind("dark")),
+        "flats": len(inventory.of_kind("flat")),
+        "objects": len(inventory.of_kind("object")),
+        "groups": [g.name for g in inventory.groups()],
+        "quarantined": [{"path": p.path, "reason": p.reason} for p in inventory.quarantined],
+        "warnings": list(inventory.warnings),
+        "removed_stale": [str(p) for p in removed],
+        "shape": list(inventory.shape) if inventory.shape else None,
+    }
+
+
+def _link_working_copies(layout: NightLayout, inventory: Inventory) -> None:
+    for kind, folder in WORKING_FOLDERS.items():
+        directory = layout.out_dir / folder
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        for frame in inventory.of_kind(kind):
+            target = os.path.relpath(layout.raw(frame), directory)
+            try:
+                (directory / frame.working_name).symlink_to(target)
+            except OSError:  # file systems without symbolic links
+                shutil.copyfile(layout.raw(frame), directory / frame.working_name)
+
+
+_AUX = re.compile(r"^(?P<stem>.+_[0-9a-f]{32})_aux\.(fits|png)$")
+_STACK = re.compile(r"^(?P<group>[^_]*_[^_]+_\d+)\.(fits|png)$")
+_MDARK = re.compile(r"^mdark_(?P<ms>\d+)\.(fits|png)$")
+_MTRANS = re.compile(r"^mtrans_(?P<filter>[^_.]+)\.(fits|png)$")
+
+
+def prune_stale_products(layout: NightLayout, inventory: Inventory) -> list[Path]:
+    """Delete aux frames, stacks, masters and their PNGs that no current frame or group needs.
+
+    Only files named by our own patterns are touched.
+    """
+    stems = {f.stem for f in inventory.of_kind("object")}
+    groups = {g.name for g in inventory.groups()}
+    exposures = {f.exposure_ms for f in inventory.frames}
+    filters = {f.filter for f in inventory.frames if f.kind != "dark"}
+    keep: list[tuple[Path, re.Pattern[str], Callable[[re.Match[str]], bool]]] = [
+        (layout.cosmetic, _AUX, lambda m: m["stem"] in stems),
+        (layout.stacked, _STACK, lambda m: m["group"] in groups),
+        (layout.masters, _MDARK, lambda m: int(m["ms"]) in exposures),
+        (layout.masters, _MTRANS, lambda m: m["filter"] in filters),
+    ]
+    removed = []
+    for directory, pattern, wanted in keep:
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            match = pattern.match(path.name)
+            if match and not wanted(match):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def load_inventory(layout: NightLayout) -> Inventory:
+    """The inventory written by setup_night, or StepError saying to run setup."""
+    if not layout.inventory_file.is_file():
+        raise StepError(
+            f"Configuration file `{layout.config_file.name}` not found: run `astro_reduce --setup` "
+            "in the night folder first."
+        )
+    try:
+        return Inventory.from_json(layout.inventory_file.read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StepError(
+            f"`{layout.inventory_file.name}` cannot be parsed ({exc}): run --setup again."
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Masters
+
+
+def make_masters(
+    layout: NightLayout,
+    interpolate: bool = False,
+    overwrite: bool = False,
+    log: Log = _quiet,
+) -> dict:
+    """Master darks per exposure, interpolated darks (if asked), master flats per filter.
+
+    A missing dark or flat makes only the masters that need it fail; each failure is named in
+    `problems` and the groups that depend on it fail later with a clear message.
+    """
+    inventory = load_inventory(layout)
+    result: dict[str, Any] = {
+        "darks": {},
+        "interpolated": {},
+        "flats": {},
+        "problems": [],
+    }
+    darks = inventory.darks_by_exposure()
+    log("info", "Writing master dark images:")
+    for exposure, frames in darks.items():
+        try:
+            result["darks"][str(exposure)] = _master_dark(layout, exposure, frames, overwrite, log)
+        except (FrameError, ValueError) as exc:
+            result["problems"].append(_problem(log, f"Master dark {exposure} ms: {exc}"))
+    log("info", "Interpolating missing master dark images:")
+    missing = [e for e in inventory.needed_exposures() if e not in darks]
+    if missing and not darks:
+        result["problems"].append(
+            _problem(log, "There are no dark files at all! Cannot calibrate or interpolate.")
+        )
+    elif missing and not interpolate:
+        for exposure in missing:
+            result["problems"].append(
+                _problem(
+                    log,
+                    f"Did not find dark field images for {exposure}ms exposure. "
+                    "Use --interpolate to compute the missing master darks.",
+                )
+            )
+    elif missing:
+        try:
+            result["interpolated"] = _interpolated_darks(layout, darks, missing, overwrite, log)
+        except (OSError, ValueError) as exc:
+            result["problems"].append(_problem(log, f"Dark interpolation failed: {exc}"))
+    log("info", "Calculating master transmission (flat) images:")
+    flats = inventory.flats_by_filter()
+    needed_filters = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
+    for filter_name in needed_filters:
+        if filter_name not in flats:
+            result["problems"].append(
+                _problem(log, f"Did not find flat field images for filter {filter_name}.")
+            )
+            continue
+        try:
+            result["flats"][filter_name] = _master_flat(
+                layout, filter_name, flats[filter_name], overwrite, log
+            )
+        except (StepError, FrameError, ValueError) as exc:
+            result["problems"].append(_problem(log, f"Master flat {filter_name}: {exc}"))
+    return result
+
+
+def _read_raw(layout: NightLayout, frame: Frame) -> RawFrame:
+    """Read a raw frame and check it is the one the inventory saw."""
+    try:
+        raw = read_frame(layout.raw(frame))
+    except FrameError as exc:
+        raise FrameError(f"{frame.path} {exc}") from None
+    if raw.sha256 != frame.sha256:
+        raise FrameError(f"{frame.path} changed since --setup: run astro_reduce --setup again")
+    return raw
+
+
+def _problem(log: Log, message: str) -> str:
+    log("error", message)
+    return message
+
+
+def _master_dark(
+    layout: NightLayout, exposure: int, frames: list[Frame], overwrite: bool, log: Log
+) -> dict:
+    path = layout.master_dark(exposure)
+    key = product_key("mdark", exposure=exposure, inputs=sorted(f.sha256 for f in frames))
+    qc = {
+        "frames": len(frames),
+        "file": str(path.relative_to(layout.out_dir)),
+        "reused": True,
+    }
+    if overwrite or not is_current(path, key):
+        first_header = None
+        with FrameStack() as stack:
+            for frame in frames:
+                raw = _read_raw(layout, frame)
+                first_header = first_header if first_header is not None else raw.header
+                stack.append(raw.data)
+            noise = _frame_noise(stack)
+            data = stack.median()
+        header = product_header(first_header)
+        header["FILTER"] = " " * 8
+        _set_type(header, "Dark", exposure, "DARK")
+        _add_inputs(header, frames)
+        write_image(path, data, stamp(header, key))
+        qc.update(
+            reused=False,
+            frame_noise_adu=noise,
+            noise_adu=noise * median_noise_factor(len(frames)),
+        )
+    log("verbose", f"    {exposure} ms...    Done ({len(frames)} images).")
+    return qc
+
+
+def _frame_noise(stack: FrameStack) -> float:
+    """Per-frame noise (ADU) from the difference of the first two frames (robust MAD)."""
+    if len(stack) < 2:
+        return float("nan")
+    diff = stack.frame(0) - stack.frame(1)
+    diff = diff[np.isfinite(diff)]
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2))
+
+
+def _interpolated_darks(
+    layout: NightLayout,
+    darks: dict[int, list[Frame]],
+    missing: list[int],
+    overwrite: bool,
+    log: Log,
+) -> dict:
+    exposures = sorted(darks)
+    sources = {e: layout.master_dark(e) for e in exposures}
+    key_inputs = {str(e): input_key(p) for e, p in sources.items()}
+    counts = [len(darks[e]) for e in exposures]
+    model: tuple[np.ndarray, np.ndarray] | None = None
+    results = {}
+    for exposure in missing:
+        path = layout.master_dark(exposure)
+        key = product_key(
+            "mdark-interpolated", exposure=exposure, masters=key_inputs, counts=counts
+        )
+        qc = {
+            "from": exposures,
+            "file": str(path.relative_to(layout.out_dir)),
+            "reused": True,
+        }
+        if overwrite or not is_current(path, key):
+            if len(exposures) == 1:
+                data = read_product(sources[exposures[0]])[0]
+                log(
+                    "warning",
+                    f"Only one dark exposure ({exposures[0]} ms): the {exposure} ms master dark "
+                    "is a copy of it (no line can be fitted).",
+                )
+            else:
+                if model is None:
+                    model = masters.fit_dark_model(
+                        exposures,
+                        [read_product(sources[e])[0] for e in exposures],
+                        counts,
+                    )
+                data = masters.interpolate_dark(model[0], model[1], exposure)
+            header = fits.Header()
+            header["FILTER"] = " " * 8
+            _set_type(header, "Interpolated dark", exposure, "DARK")
+            header["ARDKFROM"] = (
+                ",".join(str(e) for e in exposures),
+                "exposures (ms) of the fit",
+            )
+            write_image(path, data, stamp(header, key))
+            qc["reused"] = False
+        results[str(exposure)] = qc
+        log("verbose", f"    {exposure}ms...      Done.")
+    return results
+
+
+def _master_flat(
+    layout: NightLayout,
+    filter_name: str,
+    frames: list[Frame],
+    overwrite: bool,
+    log: Log,
+) -> dict:
+    path = layout.master_flat(filter_name)
+    dark_paths = {f.exposure_ms: layout.master_dark(f.exposure_ms) for f in frames}
+    absent = sorted(e for e, p in dark_paths.items() if not p.is_file())
+    if absent:
+        raise StepError(f"no master dark for the flat exposure(s) {absent} ms")
+    key = product_key(
+        "mtrans",
+        filter=filter_name,
+        inputs=sorted(f.sha256 for f in frames),
+        darks={str(e): input_key(p) for e, p in sorted(dark_paths.items())},
+    )
+    qc: dict[str, Any] = {
+        "frames": len(frames),
+        "file": str(path.relative_to(layout.out_dir)),
+    }
+    qc["reused"] = True
+    if overwrite or not is_current(path, key):
+        dark_cache: dict[int, np.ndarray] = {}
+        levels = []
+        first_header = None
+        with FrameStack() as stack:
+            for frame in frames:
+                raw = _read_raw(layout, frame)
+                first_header = first_header if first_header is not None else raw.header
+                if frame.exposure_ms not in dark_cache:
+                    dark_cache[frame.exposure_ms] = read_product(dark_paths[frame.exposure_ms])[0]
+                normalised, level = masters.normalise_flat(raw.data, dark_cache[frame.exposure_ms])
+                levels.append(level)
+                stack.append(normalised)
+            data, undefined = masters.finish_flat(stack.median())
+        header = product_header(first_header)
+        header["FILTER"] = filter_name
+        _set_type(header, "Flat Field", -1000, "FLAT")
+        _add_inputs(header, frames)
+        header["ARFLBAD"] = (undefined, "pixels with response < 5% set undefined (NaN)")
+        write_image(path, data, stamp(header, key))
+        qc.update(
+            reused=False,
+            levels_adu=[round(v, 1) for v in levels],
+            undefined_pixels=undefined,
+        )
+    log("verbose", f"    {filter_name}...   Done ({len(frames)} images).")
+    return qc
+
+
+def _set_type(header: fits.Header, imagetyp: str, exposure_ms: int, obj: str) -> None:
+    """astro_reduce's product keywords (exposure -1000 ms gives its EXPTIME -1 of flats)."""
+    seconds = exposure_ms / 1000
+    header["IMAGETYP"] = imagetyp
+    header["EXPTIME"] = (seconds, "Exposure time in seconds")
+    header["EXPOSURE"] = (seconds, "Exposure time in seconds")
+    header["OBJECT"] = obj
+
+
+def _add_inputs(header: fits.Header, frames: list[Frame]) -> None:
+    """NCOMBINE and IRAF-style IMCMBnnn cards naming every input frame."""
+    header["NCOMBINE"] = (len(frames), "number of frames combined")
+    for index, frame in enumerate(frames[:999], start=1):
+        header[f"IMCMB{index:03d}"] = frame.path
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration and stacking of one group
+
+
+def reduce_group(
+    layout: NightLayout,
+    group_name: str,
+    stack: bool = True,
+    overwrite: bool = False,
+    log: Log = _quiet,
+) -> dict:
+    """Calibrate every frame of one (object, filter, exposure) group, then align and stack them.
+
+    Raises StepError when the group cannot be reduced at all (no master dark or flat, no frame).
+    """
+    result = calibrate_group(layout, group_name, overwrite, log)
+    if stack:
+        result["stack"] = stack_group(layout, group_name, overwrite, log)
+    return result
+
+
+def _group_frames(layout: NightLayout, group_name: str) -> tuple[GroupKey, list[Frame]]:
+    group = GroupKey.parse(group_name)
+    frames = load_inventory(layout).groups().get(group)
+    if not frames:
+        raise StepError(f"No files found for group {group_name}.")
+    return group, frames
+
+
+def calibrate_group(
+    layout: NightLayout, group_name: str, overwrite: bool = False, log: Log = _quiet
+) -> dict:
+    """Write the aux frames of one group: (raw - master dark) / master flat."""
+    group, frames = _group_frames(layout, group_name)
+    dark_path, flat_path = layout.master_dark(group.exposure_ms), layout.master_flat(group.filter)
+    absent = [p.name for p in (dark_path, flat_path) if not p.is_file()]
+    if absent:
+        raise StepError(
+            f"Master files are missing for ({group.exposure_ms}ms, {group.filter}): "
+            f"{', '.join(absent)}."
+        )
+    result: dict[str, Any] = {"group": group_name, "label": group.label, "problems": []}
+    done = _calibrate_frames(layout, frames, dark_path, flat_path, overwrite, result, log)
+    result["aux"] = [str(layout.aux(f).relative_to(layout.out_dir)) for f in done]
+    log("verbose", f"    {group_name}...   Done ({len(done)} images).")
+    if not done:
+        raise StepError(f"No frame of {group_name} could be calibrated.")
+    return result
+
+
+def stack_group(
+    layout: NightLayout, group_name: str, overwrite: bool = False, log: Log = _quiet
+) -> dict:
+    """Align and median-combine the aux frames of one group into stacked/<group>.fits."""
+    group, frames = _group_frames(layout, group_name)
+    present = [f for f in frames if layout.aux(f).is_file()]
+    for frame in frames:
+        if frame not in present:
+            log("warning", f"{layout.aux(frame).name} is missing: {frame.path} is not stacked.")
+    if not present:
+        raise StepError(f"No calibrated frame of {group_name} to stack.")
+    return _stack_group(layout, group, present, overwrite, log)
+
+
+def _calibrate_frames(
+    layout: NightLayout,
+    frames: list[Frame],
+    dark_path: Path,
+    flat_path: Path,
+    overwrite: bool,
+    result: dict,
+    log: Log,
+) -> list[Frame]:
+    """Write the aux frames; returns the frames that have a current aux frame."""
+    dark_key, flat_key = input_key(dark_path), input_key(flat_path)
+    dark = flat = None
+    done: list[Frame] = []
+    reused = 0
+    for frame in frames:
+        path = layout.aux(frame)
+        key = product_key("aux", raw=frame.sha256, dark=dark_key, flat=flat_key)
+        if not overwrite and is_current(path, key):
+            done.append(frame)
+            reused += 1
+            continue
+        try:
+            raw = _read_raw(layout, frame)
+            if dark is None or flat is None:
+                dark, flat = read_product(dark_path)[0], read_product(flat_path)[0]
+            aux = calibration.calibrate(raw.data, dark, flat)
+        except (FrameError, ValueError) as exc:
+            result["problems"].append(_problem(log, f"{exc}: not calibrated."))
+            continue
+        header = product_header(raw.header)
+        header["FILTER"] = frame.filter
+        _set_type(header, "Light Frame", frame.exposure_ms, frame.object)
+        header["ARRAW"] = (frame.path, "raw frame")
+        header["ARDARK"] = (dark_path.name, "master dark subtracted")
+        header["ARFLAT"] = (flat_path.name, "master flat divided")
+        write_image(path, aux, stamp(header, key))
+        done.append(frame)
+    result["calibrated"] = len(done)
+    result["aux_reused"] = reused
+    return done
+
+
+def _stack_group(
+    layout: NightLayout,
+    group: GroupKey,
+    frames: list[Frame],
+    overwrite: bool,
+    log: Log,
+) -> dict:
+    path = layout.stack(group)
+    key = product_key("stack", inputs=[input_key(layout.aux(f)) for f in frames])
+    qc: dict[str, Any] = {
+        "file": str(path.relative_to(layout.out_dir)),
+        "frames": len(frames),
+    }
+    if not overwrite and is_current(path, key):
+        header = fits.getheader(path)
+        qc.update(
+            reused=True,
+            combined=int(header.get("NCOMBINE", 1)),
+            reference=header.get("ARREF"),
+        )
+        log(
+            "verbose",
+            f"  {group.object}:\n    {group.filter}:{group.exposure_ms}ms...   Reused.",
+        )
+        return qc
+    with FrameStack() as detections:
+        skies, scores = [], []
+        for frame in frames:
+            aux = read_product(layout.aux(frame))[0]
+            detection = registration.detection_image(aux)
+            detections.append(detection)
+            scores.append(registration.quality_score(detection))
+            finite = aux[np.isfinite(aux)]
+            skies.append(float(np.median(finite)) if finite.size else 0.0)
+        # Best quality first; ties broken by the frame id so the choice is reproducible.
+        ref_index = max(range(len(frames)), key=lambda i: (scores[i], frames[i].id))
+        shifts, failed = _measure_shifts(detections, ref_index, frames, log)
+        assert detections.shape is not None
+        shape = detections.shape
+    used = [i for i in range(len(frames)) if i not in failed]
+    fraction = registration.ghost_fraction([shifts[i] for i in used], shape)
+    if fraction > registration.GHOST_WARNING_FRACTION:
+        log(
+            "warning",
+            f"In {group.object}:{group.filter}:{group.exposure_ms}, shifting by "
+            f"{int(100 * fraction)}% of the field size.\nW: Beware of ghosts!",
+        )
+    with FrameStack() as aligned:
+        for index in used:
+            aux = read_product(layout.aux(frames[index]))[0]
+            shifted = registration.shift_image(aux, shifts[index].dy, shifts[index].dx)
+            aligned.append(shifted + np.float32(skies[ref_index] - skies[index]))
+        data = aligned.median()
+    reference = frames[ref_index]
+    header = product_header(read_frame(layout.raw(reference)).header)
+    header["FILTER"] = group.filter
+    _set_type(header, "Light Frame", group.exposure_ms, group.object)
+    _add_inputs(header, [frames[i] for i in used])
+    header["ARREF"] = (reference.path, "alignment reference; header taken from it")
+    header["EXPTOTAL"] = (
+        len(used) * group.exposure_ms / 1000,
+        "[s] summed exposure of inputs",
+    )
+    for index in used:
+        s = shifts[index]
+        header.add_history(f"{frames[index].path} dy={s.dy:+.3f} dx={s.dx:+.3f} px")
+    write_image(path, data, stamp(header, key))
+    log(
+        "verbose",
+        f"  {group.object}:\n    {group.filter}:{group.exposure_ms}ms...   "
+        f"Done ({len(used)} images).",
+    )
+    qc.update(
+        reused=False,
+        combined=len(used),
+        reference=reference.path,
+        shifts={frames[i].path: [round(shifts[i].dy, 3), round(shifts[i].dx, 3)] for i in used},
+        rejected=[frames[i].path for i in failed],
+        max_shift_fraction=round(fraction, 4),
+    )
+    return qc
+
+
+def _measure_shifts(
+    detections: FrameStack, ref_index: int, frames: list[Frame], log: Log
+) -> tuple[dict[int, registration.Shift], set[int]]:
+    shifts = {ref_index: registration.Shift(0.0, 0.0, float("inf"))}
+    failed: set[int] = set()
+    try:
+        correlator = registration.Correlator(detections.frame(ref_index))
+    except registration.RegistrationError as exc:
+        log(
+            "warning",
+            f"{frames[ref_index].path}: {exc}; the frames are combined without alignment.",
+        )
+        return {i: registration.Shift(0.0, 0.0, 0.0) for i in range(len(frames))}, set()
+    for index in range(len(frames)):
+        if index == ref_index:
+            continue
+        try:
+            shifts[index] = correlator.shift(detections.frame(index))
+        except registration.RegistrationError as exc:
+            log("warning", f"{frames[index].path}: {exc}; left out of the stack.")
+            failed.add(index)
+    return shifts, failed
+
+
+# ----------------------------------------------------------------------------------------------
+# Previews and clearing
+
+
+def make_previews(
+    layout: NightLayout, masters_and_aux: bool, stacks: bool, log: Log = _quiet
+) -> dict:
+    """PNG quick-looks: masters and aux frames (--tmppng) and/or stacks (--stkpng).
+
+    A PNG newer than its FITS file is kept (it shows the same pixels).
+    """
+    folders = ([layout.masters, layout.cosmetic] if masters_and_aux else []) + (
+        [layout.stacked] if stacks else []
+    )
+    written, kept = [], 0
+    for folder in folders:
+        for fits_path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
+            target = png_path(fits_path)
+            if target.is_file() and target.stat().st_mtime >= fits_path.stat().st_mtime:
+                kept += 1
+                continue
+            written.append(str(write_preview(fits_path).relative_to(layout.out_dir)))
+    return {"written": written, "kept": kept}
+
+
+def clear_night(layout: NightLayout, everything: bool = False) -> list[str]:
+    """astro_reduce's --clear (working files) and --clearall (also stacked/ and reduced/)."""
+    names = [
+        layout.config_file.name,
+        layout.inventory_file.name,
+        *WORKING_FOLDERS.values(),
+    ]
+    names += [layout.masters.name, layout.cosmetic.name, *ASTROMATIC_FOLDERS]
+    if everything:
+        names += [REDUCED, layout.stacked.name]
+    removed = []
+    for name in names:
+        path = layout.out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(name)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    return removed

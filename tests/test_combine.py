@@ -1,0 +1,63 @@
+"""Median combination: exact NaN-aware median, spilling to disk, bounded memory."""
+
+import numpy as np
+import pytest
+
+from ar_tasks.combine import FrameStack, median_noise_factor, nanmedian_axis0
+
+
+def test_nanmedian_matches_numpy():
+    rng = np.random.default_rng(0)
+    cube = rng.normal(size=(7, 30, 40)).astype(np.float32)
+    cube[rng.random(cube.shape) < 0.2] = np.nan
+    cube[:, 0, 0] = np.nan
+    expected = np.nanmedian(cube.astype(np.float64), axis=0)
+    got = nanmedian_axis0(cube)
+    assert np.isnan(got[0, 0])
+    np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [0, 10**9])
+def test_stack_median_in_memory_and_spilled(budget, tmp_path):
+    rng = np.random.default_rng(1)
+    frames = [rng.normal(size=(64, 48)).astype(np.float32) for _ in range(5)]
+    with FrameStack(memory_budget=budget, scratch_dir=tmp_path) as stack:
+        for frame in frames:
+            stack.append(frame)
+        result = stack.median(block_bytes=5 * 48 * 4 * 7)  # 7 rows per block
+        np.testing.assert_array_equal(stack.frame(3), frames[3])
+    np.testing.assert_allclose(result, np.median(frames, axis=0), rtol=1e-6)
+    assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+def test_stack_rejects_other_shapes():
+    with FrameStack() as stack:
+        stack.append(np.zeros((4, 4)))
+        with pytest.raises(ValueError, match="differs"):
+            stack.append(np.zeros((4, 5)))
+
+
+def test_median_noise_factor_matches_simulation():
+    rng = np.random.default_rng(2)
+    for count in (1, 2, 5, 20):
+        medians = np.median(rng.normal(size=(count, 200000)), axis=0)
+        assert medians.std() == pytest.approx(median_noise_factor(count), rel=0.12)
+
+
+def test_peak_memory_stays_flat_as_frames_grow(tmp_path):
+    """Combining N frames must not hold N frames: peak traced memory about flat in N."""
+    import tracemalloc
+
+    shape = (512, 512)  # 1 MiB per float32 frame
+    peaks = {}
+    for count in (10, 40):
+        tracemalloc.start()
+        with FrameStack(memory_budget=4 * 2**20, scratch_dir=tmp_path) as stack:
+            for index in range(count):
+                stack.append(np.full(shape, index, dtype=np.float32))
+            result = stack.median(block_bytes=4 * 2**20)
+        peaks[count] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        assert result[0, 0] == np.median(np.arange(count))
+    assert peaks[40] < 16, peaks  # 40 float64 frames would be 80 MiB, float32 40 MiB
+    assert peaks[40] < 1.5 * peaks[10] + 2, peaks
