@@ -54,16 +54,16 @@ def exposure_ms(header: Mapping[str, Any]) -> int:
             return _to_ms(header[key], key, 1000.0)
     if EXPOSURE_KEY_MS in header:
         return _to_ms(header[EXPOSURE_KEY_MS], EXPOSURE_KEY_MS, 1.0)
-    raise HeaderError("no exposure keyword (EXPTIME, EXPOSURE or 'EXP (MS)')")
+    raise HeaderError("has no exposure keyword (EXPTIME, EXPOSURE or 'EXP (MS)')")
 
 
 def _to_ms(value: Any, key: str, factor: float) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise HeaderError(f"{key} = {value!r} is not a number") from None
+        raise HeaderError(f"has {key} = {value!r}, not a number") from None
     if not math.isfinite(number) or number < 0:
-        raise HeaderError(f"{key} = {value!r} is not a valid exposure")
+        raise HeaderError(f"has {key} = {value!r}, not a valid exposure")
     return round(number * factor)
 
 
@@ -86,5 +86,5 @@ def sanitize_filter(raw: str) -> str:
 def header_text(header: Mapping[str, Any], key: str) -> str:
     """A string keyword's value, or HeaderError when it is missing."""
     if key not in header:
-        raise HeaderError(f"no {key} keyword")
+        raise HeaderError(f"has no {key} keyword")
     return str(header[key]).strip()

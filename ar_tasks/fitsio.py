@@ -72,7 +72,7 @@ def read_frame(path: Path) -> RawFrame:
         except (OSError, TypeError, ValueError, IndexError, KeyError) as exc:
             if _truncated(caught):
                 raise truncated from None
-            raise FrameError(f"is not a readable FITS image ({exc})") from None
+            raise FrameError(f"is not a readable FITS image ({_first_sentence(exc)})") from None
     if _truncated(caught):
         raise truncated
     return RawFrame(pixels, header, sha)
@@ -86,6 +86,10 @@ def _image_hdu(hdus: fits.HDUList) -> fits.hdu.base.ExtensionHDU:
         ):
             return hdu
     raise FrameError("holds no 2-D image")
+
+
+def _first_sentence(exc: Exception) -> str:
+    return str(exc).split(". ")[0].rstrip(".")
 
 
 def _truncated(caught: list[warnings.WarningMessage]) -> bool:

@@ -156,14 +156,15 @@ def _grouped(frames: list[Frame], key: Any) -> dict[Any, list[Frame]]:
     return dict(sorted(grouped.items()))
 
 
-def find_raw_files(night_dir: Path) -> tuple[list[str], list[Problem]]:
-    """Relative paths of the FITS files in DARK/, FLAT/ and ORIGINAL/, sorted; other files named.
+def find_raw_files(night_dir: Path) -> tuple[list[str], list[str]]:
+    """Relative paths of the FITS files in DARK/, FLAT/ and ORIGINAL/ (sorted), and a note for
+    each other file.
 
     Any case of .fits/.fit/.fts, optionally .gz or .fz (5.1.3's case-sensitive `*.fit*` skipped
     .fts and .FITS silently).
     """
     found: list[str] = []
-    ignored: list[Problem] = []
+    ignored: list[str] = []
     for folder in camera.FRAME_FOLDERS:
         directory = night_dir / folder
         if not directory.is_dir():
@@ -175,7 +176,7 @@ def find_raw_files(night_dir: Path) -> tuple[list[str], list[Problem]]:
             if camera.is_fits_name(entry.name):
                 found.append(relative)
             else:
-                ignored.append(Problem(relative, "is not named like a FITS file; ignored"))
+                ignored.append(f"{relative} is not named like a FITS file: ignored.")
     return found, ignored
 
 
@@ -194,7 +195,7 @@ def inspect(night_dir: Path, relative: str) -> tuple[Frame, tuple[int, int], str
         raw_filter = camera.header_text(header, "FILTER")
         filt = camera.sanitize_filter(raw_filter)
         if not filt:
-            raise camera.HeaderError(f"FILTER = {raw_filter!r} leaves no usable name")
+            raise camera.HeaderError(f"has FILTER = {raw_filter!r}, which leaves no usable name")
     if kind == "object":
         raw_object = camera.header_text(header, "OBJECT")
         obj = camera.sanitize_object(raw_object)
@@ -219,7 +220,7 @@ def take_inventory(night_dir: Path) -> Inventory:
     """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/."""
     night_dir = Path(night_dir)
     paths, ignored = find_raw_files(night_dir)
-    inventory = Inventory(quarantined=list(ignored))
+    inventory = Inventory(warnings=ignored)
     candidates: list[tuple[Frame, tuple[int, int]]] = []
     raw_names: dict[tuple[str, str], set[str]] = defaultdict(set)
     for relative in paths:

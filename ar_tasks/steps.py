@@ -122,7 +122,7 @@ def prune_stale_products(layout: NightLayout, inventory: Inventory) -> list[Path
     stems = {f.stem for f in inventory.of_kind("object")}
     groups = {g.name for g in inventory.groups()}
     exposures = {f.exposure_ms for f in inventory.frames}
-    filters = {f.filter for f in inventory.frames if f.kind != "dark"}
+    filters = {f.filter for f in inventory.of_kind("flat")}
     keep: list[tuple[Path, re.Pattern[str], Callable[[re.Match[str]], bool]]] = [
         (layout.cosmetic, _AUX, lambda m: m["stem"] in stems),
         (layout.stacked, _STACK, lambda m: m["group"] in groups),
@@ -193,6 +193,7 @@ def make_masters(
         )
     elif missing and not interpolate:
         for exposure in missing:
+            _remove_stale(layout.master_dark(exposure), log)
             result["problems"].append(
                 _problem(
                     log,
@@ -210,6 +211,7 @@ def make_masters(
     needed_filters = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
     for filter_name in needed_filters:
         if filter_name not in flats:
+            _remove_stale(layout.master_flat(filter_name), log)
             result["problems"].append(
                 _problem(log, f"Did not find flat field images for filter {filter_name}.")
             )
@@ -232,6 +234,14 @@ def _read_raw(layout: NightLayout, frame: Frame) -> RawFrame:
     if raw.sha256 != frame.sha256:
         raise FrameError(f"{frame.path} changed since --setup: run astro_reduce --setup again")
     return raw
+
+
+def _remove_stale(path: Path, log: Log) -> None:
+    """Delete a master this run cannot make, so no group is calibrated with an old one."""
+    for stale in (path, png_path(path)):
+        if stale.is_file():
+            stale.unlink()
+            log("verbose", f"  Removed stale product `{stale.name}`.")
 
 
 def _problem(log: Log, message: str) -> str:

@@ -10,7 +10,9 @@ READ_NOISE = 6.0  # ADU
 
 def structured_bias(shape, rng):
     y, x = np.indices(shape)
-    return (300 + 4 * np.sin(x / 7.0) + 3 * y / shape[0] + rng.normal(0, 1.5, shape)).astype(np.float32)
+    return (300 + 4 * np.sin(x / 7.0) + 3 * y / shape[0] + rng.normal(0, 1.5, shape)).astype(
+        np.float32
+    )
 
 
 def dark_rate(shape, rng, hot_fraction=5e-4):
@@ -70,7 +72,9 @@ def render(shape, stars, fwhm, dy=0.0, dx=0.0, sky=100.0):
         if y0 >= y1 or x0 >= x1:
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1]
-        image[y0:y1, x0:x1] += flux / (2 * np.pi * sigma**2) * np.exp(
-            -((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2)
+        image[y0:y1, x0:x1] += (
+            flux
+            / (2 * np.pi * sigma**2)
+            * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
         )
     return image

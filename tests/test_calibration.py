@@ -17,7 +17,9 @@ def test_calibrated_sky_is_flat_to_one_percent():
     seconds, sky = 120.0, 5.0
     dark = masters.master_dark([expose(rate * seconds, bias, rng) for _ in range(5)])
     dark5 = masters.master_dark([expose(rate * 5, bias, rng) for _ in range(5)])
-    flats = [expose(rate * 5 + level * flat, bias, rng) for level in (2e4, 2.5e4, 3e4, 2.2e4, 2.8e4)]
+    flats = [
+        expose(rate * 5 + level * flat, bias, rng) for level in (2e4, 2.5e4, 3e4, 2.2e4, 2.8e4)
+    ]
     mflat, _ = masters.master_flat(masters.normalise_flat(f, dark5)[0] for f in flats)
     raw = expose(rate * seconds + sky * seconds * flat, bias, rng)
     aux = calibrate(raw, dark, mflat)
@@ -28,7 +30,9 @@ def test_calibrated_sky_is_flat_to_one_percent():
     assert np.std(levels) / np.median(levels) < 0.01 / 2
     assert abs(np.median(levels) / (sky * seconds) - 1) < 0.01
     # Without the flat the vignetting shows (> 10% across the frame).
-    raw_levels = np.median((raw - dark).reshape(8, 32, 8, 32).transpose(0, 2, 1, 3).reshape(8, 8, -1), axis=2)
+    raw_levels = np.median(
+        (raw - dark).reshape(8, 32, 8, 32).transpose(0, 2, 1, 3).reshape(8, 8, -1), axis=2
+    )
     assert np.ptp(raw_levels) / np.median(raw_levels) > 0.1
 
 

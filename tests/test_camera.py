@@ -24,7 +24,9 @@ def test_every_millisecond_survives_the_round_trip():
     assert all(camera.exposure_ms({"EXPTIME": ms / 1000}) == ms for ms in range(1, 100000))
 
 
-@pytest.mark.parametrize("header", [{}, {"EXPTIME": "abc"}, {"EXPTIME": -1}, {"EXPTIME": float("nan")}])
+@pytest.mark.parametrize(
+    "header", [{}, {"EXPTIME": "abc"}, {"EXPTIME": -1}, {"EXPTIME": float("nan")}]
+)
 def test_exposure_errors_say_why(header):
     with pytest.raises(camera.HeaderError):
         camera.exposure_ms(header)
@@ -46,7 +48,9 @@ def test_object_names_are_safe(raw, safe):
     assert "/" not in safe and ".." not in safe and "_" not in safe
 
 
-@pytest.mark.parametrize(("raw", "safe"), [("B_1", "B1"), ("r-SDSS", "rSDSS"), ("V", "V"), ("R/../*", "R")])
+@pytest.mark.parametrize(
+    ("raw", "safe"), [("B_1", "B1"), ("r-SDSS", "rSDSS"), ("V", "V"), ("R/../*", "R")]
+)
 def test_filter_names_are_safe(raw, safe):
     assert camera.sanitize_filter(raw) == safe
 

@@ -1,0 +1,54 @@
+# astro_reduce-airflow: `make demo` runs the main job on an embedded default, `make test` the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+DEMO_DIR ?= demo_data
+DEMO_NIGHT ?= 2023-05-10
+
+.PHONY: install debian venv demo test lint lock clean
+
+install: debian venv
+
+# Debian packages from packages.txt that are not installed yet (apt-get as root, else sudo).
+debian:
+	@missing=$$(grep -vE '^\s*(#|$$)' packages.txt | while read -r p; do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || echo "$$p"; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:" $$missing; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# The virtual environment, rebuilt only when the lock or the package metadata change.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@[ -x $(UV) ] || $(BIN)/python -m pip install -q uv
+	$(UV) pip install -q -p $(BIN)/python -r requirements.txt
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
+	@touch $@
+
+# Compile the pinned lock from requirements.in (deliberate pins live there).
+lock: $(VENV)/.installed
+	$(UV) pip compile -q requirements.in --python-version 3.11 -o requirements.txt
+
+demo: install
+	@rm -rf $(DEMO_DIR)
+	$(BIN)/python -m ar_tasks.synthetic --root $(DEMO_DIR) --night $(DEMO_NIGHT)
+	cd $(DEMO_DIR)/$(DEMO_NIGHT) && ../../$(BIN)/astro_reduce --setup >/dev/null
+	cd $(DEMO_DIR)/$(DEMO_NIGHT) && ../../$(BIN)/astro_reduce --interpolate --tmppng --stkpng
+	@$(BIN)/python -m ar_tasks.summary $(DEMO_DIR)/$(DEMO_NIGHT)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache build *.egg-info

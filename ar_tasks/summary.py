@@ -1,0 +1,38 @@
+"""A short account of a reduced night: where the products are and what the stacks hold."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from astropy.io import fits
+
+from .layout import COSMETIC, MASTERS, STACKED
+
+
+def summarise(night_dir: Path) -> str:
+    """Human-readable summary of the products under a night folder."""
+    night_dir = Path(night_dir).resolve()
+    lines = [f"Products of {night_dir.name} in {night_dir}:"]
+    for folder in (MASTERS, COSMETIC, STACKED):
+        path = night_dir / folder
+        fits_files = sorted(path.glob("*.fits")) if path.is_dir() else []
+        pngs = sorted(path.glob("*.png")) if path.is_dir() else []
+        lines.append(f"  {folder + '/':<13} {len(fits_files):3d} FITS, {len(pngs):3d} PNG")
+    for stack in sorted((night_dir / STACKED).glob("*.fits")):
+        header = fits.getheader(stack)
+        lines.append(
+            f"    {stack.name:<28} {header.get('NCOMBINE', 1):2d} frames, "
+            f"reference {header.get('ARREF', '?')}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    print(summarise(Path(args[0] if args else ".")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

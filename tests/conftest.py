@@ -1,0 +1,63 @@
+"""Shared fixtures: synthetic nights with truth, the real `astro_reduce` command, fitsverify."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ar_tasks.synthetic import NightSpec, load_truth, write_night
+
+NIGHT = "2023-05-10"
+ASTRO_REDUCE = Path(sys.executable).with_name("astro_reduce")
+
+
+def run_cli(night_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script in a night folder, as a user would."""
+    return subprocess.run(
+        [str(ASTRO_REDUCE), *args], cwd=night_dir, capture_output=True, text=True, timeout=600
+    )
+
+
+def fitsverify(paths: list[Path]) -> None:
+    """Every file passes NASA's fitsverify with no warning and no error."""
+    assert shutil.which("fitsverify"), "fitsverify missing: run `make install`"
+    assert paths, "nothing to verify"
+    for start in range(0, len(paths), 50):
+        chunk = [str(p) for p in paths[start : start + 50]]
+        result = subprocess.run(["fitsverify", "-q", *chunk], capture_output=True, text=True)
+        failures = [
+            line for line in result.stdout.splitlines() if not line.startswith("verification OK")
+        ]
+        assert result.returncode == 0 and not failures, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def full_night(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A default 1024^2 T120 night (61 frames), set up and reduced with `-i -t -r`."""
+    root = tmp_path_factory.mktemp("archive")
+    night_dir = write_night(root, NightSpec(night=NIGHT))
+    setup = run_cli(night_dir, "--setup")
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    reduce = run_cli(night_dir, "-i", "-t", "-r")
+    assert reduce.returncode == 0, reduce.stdout + reduce.stderr
+    return night_dir, load_truth(root / "_truth" / NIGHT)
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine 256^2 night with 3 frames per group (copy it before changing it)."""
+    root = tmp_path_factory.mktemp("small")
+    write_night(root, NightSpec(night=NIGHT, size=256, frames_per_group=3))
+    return root
+
+
+@pytest.fixture
+def small_night(small_archive: Path, tmp_path: Path) -> Path:
+    """A private copy of the small night, in its own folder (so escapes can be detected)."""
+    night_dir = tmp_path / "nights" / NIGHT
+    shutil.copytree(small_archive / NIGHT, night_dir)
+    return night_dir

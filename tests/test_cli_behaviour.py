@@ -1,0 +1,184 @@
+"""The `astro_reduce` command's options, messages, exit codes and handling of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from conftest import fitsverify, run_cli
+
+SMALL_GROUPS = {
+    "M-67_R_60000",
+    "M-67_V_60000",
+    "NGC-2420_B_120000",
+    "NGC-2420_R_120000",
+    "NGC-2420_V_120000",
+}
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _stacks(night: Path) -> set[str]:
+    return {p.stem for p in (night / "stacked").glob("*.fits")}
+
+
+def test_reduction_without_setup_says_so(small_night):
+    result = run_cli(small_night, "-i")
+    assert result.returncode == 1
+    assert "E: Configuration file `2023-05-10.json` not found" in result.stderr
+    assert "--setup" in result.stderr
+
+
+def test_setup_needs_the_three_folders(small_night):
+    shutil.rmtree(small_night / "FLAT")
+    result = run_cli(small_night, "--setup")
+    assert result.returncode == 1
+    assert "E: Did not find folder FLAT" in result.stderr
+
+
+def test_missing_darks_fail_only_what_needs_them(small_night):
+    assert run_cli(small_night, "--setup").returncode == 0
+    result = run_cli(small_night)  # no --interpolate: 10 s and 120 s have no darks
+    assert result.returncode == 1
+    assert "E: Did not find dark field images for 120000ms exposure" in result.stderr
+    assert "--interpolate" in result.stderr
+    assert "E: Master files are missing for (120000ms, V)" in result.stderr
+    # M 67 at 60 s in V and R has everything it needs and is reduced all the same.
+    assert _stacks(small_night) == {"M-67_R_60000", "M-67_V_60000"}
+    assert "astro_reduce done." in result.stdout
+
+
+def test_options_line_and_verbose_report(small_night):
+    run_cli(small_night, "--setup")
+    result = run_cli(small_night, "-i", "-v", "--nostack")
+    assert result.returncode == 0, result.stderr
+    assert "Options: interpolate, verbose, nostack." in result.stdout
+    assert (
+        "Files found:" in result.stdout and "    60000 ms...    Done (5 images)." in result.stdout
+    )
+    assert not (small_night / "stacked").exists() or not _stacks(small_night)
+    assert len(list((small_night / "ar_cosmetic").glob("*_aux.fits"))) == 15
+    assert (small_night / "astro_reduce.log").read_text().count(
+        "Options:"
+    ) == 0  # header is console-only
+    assert "Writing master dark images:" in (small_night / "astro_reduce.log").read_text()
+
+
+def test_nomaster_needs_masters_then_uses_them(small_night):
+    run_cli(small_night, "--setup")
+    result = run_cli(small_night, "--nomaster")
+    assert result.returncode == 1
+    assert "E: You used the --nomaster option but there is no MASTER folder" in result.stderr
+    assert run_cli(small_night, "-i", "--nostack").returncode == 0
+    (small_night / "ar_masters" / "mtrans_B.fits").unlink()
+    result = run_cli(small_night, "--nomaster")
+    assert result.returncode == 1
+    assert "E: Master files are missing for (120000ms, B): mtrans_B.fits." in result.stderr
+    assert _stacks(small_night) == SMALL_GROUPS - {"NGC-2420_B_120000"}
+    assert not (small_night / "ar_masters" / "mtrans_B.fits").exists()  # --nomaster makes none
+
+
+def test_clear_and_clearall(small_night):
+    run_cli(small_night, "--setup")
+    assert run_cli(small_night, "-i", "-r").returncode == 0
+    raw_before = {
+        p: p.read_bytes()
+        for p in small_night.rglob("*.fits")
+        if p.parts[-2] in ("DARK", "FLAT", "ORIGINAL")
+    }
+    assert run_cli(small_night, "--clear").returncode == 0
+    left = {p.name for p in small_night.iterdir()}
+    assert left == {"DARK", "FLAT", "ORIGINAL", "stacked", "astro_reduce.log"}
+    assert run_cli(small_night, "--clearall").returncode == 0
+    assert {p.name for p in small_night.iterdir()} == {
+        "DARK",
+        "FLAT",
+        "ORIGINAL",
+        "astro_reduce.log",
+    }
+    assert {p: p.read_bytes() for p in raw_before} == raw_before  # raw untouched
+
+
+def test_setup_again_after_raw_changes_leaves_no_stale_products(small_night):
+    """5.1.3 bug B17: a removed raw frame's aux frame was still stacked."""
+    run_cli(small_night, "--setup")
+    assert run_cli(small_night, "-i", "-t", "-r").returncode == 0
+    removed = sorted((small_night / "ORIGINAL").glob("M67-V-*"))[0]
+    removed.unlink()
+    shutil.rmtree(small_night / "FLAT")
+    (small_night / "FLAT").mkdir()
+    result = run_cli(small_night, "--setup")
+    assert result.returncode == 0
+    assert "Removed stale product" in result.stdout
+    aux = list((small_night / "ar_cosmetic").glob("M-67_V_60000_*_aux.*"))
+    assert len(aux) == 2 * 2  # two frames left, FITS + PNG each
+    assert not list((small_night / "ar_masters").glob("mtrans_*"))  # flats gone: masters gone
+
+
+def test_stack_uses_exactly_the_current_frames(small_night):
+    run_cli(small_night, "--setup")
+    assert run_cli(small_night, "-i").returncode == 0
+    sorted((small_night / "ORIGINAL").glob("M67-V-*"))[0].unlink()
+    assert run_cli(small_night, "--setup").returncode == 0
+    assert run_cli(small_night, "-i").returncode == 0
+    header = fits.getheader(small_night / "stacked" / "M-67_V_60000.fits")
+    assert header["NCOMBINE"] == 2
+
+
+def _science_frame(night: Path) -> Path:
+    return sorted((night / "ORIGINAL").glob("M67-R-*"))[0]
+
+
+def test_bad_inputs_are_named_and_the_rest_is_reduced(small_night):
+    source = _science_frame(small_night)
+    original = source.read_bytes()
+    data, header = fits.getdata(source, header=True)
+    bad = small_night / "ORIGINAL"
+    (bad / "truncated.fits").write_bytes(original[: len(original) // 2])
+    no_filter = header.copy()
+    del no_filter["FILTER"]
+    fits.writeto(bad / "nofilter.fits", data, no_filter)
+    (bad / "notes.fits").write_text("this is not a FITS file\n")
+    fits.writeto(bad / "small.fits", data[:128, :128], header)
+    nan_header = header.copy()
+    fits.writeto(bad / "allnan.fits", np.full(data.shape, np.nan, np.float32), nan_header)
+    for name, obj in (("escape.fits", "../../x"), ("slash.fits", "M 51/a"), ("glob.fts", "N*[1]?")):
+        evil = header.copy()
+        evil["OBJECT"] = obj
+        fits.writeto(bad / name, data, evil)
+    with gzip.open(bad / "compressed.FITS.gz", "wb") as stream:  # accepted: any case, gzip
+        stream.write(original)
+    (bad / "readme.txt").write_text("observing log\n")
+    outside_before = _tree(small_night.parent.parent)
+
+    result = run_cli(small_night, "--setup")
+    assert result.returncode == 1
+    for name, reason in (
+        ("truncated.fits", "is truncated"),
+        ("nofilter.fits", "has no FILTER keyword"),
+        ("notes.fits", "is not a readable FITS image (No SIMPLE card found"),
+        ("small.fits", "is 128x128 px while the night's frames are 256x256 px"),
+        ("allnan.fits", "has 65536 NaN or infinite pixels of 65536"),
+    ):
+        assert f"E: ORIGINAL/{name} {reason}" in result.stderr, (name, result.stderr)
+    assert "W: ORIGINAL/readme.txt is not named like a FITS file: ignored." in result.stdout
+
+    result = run_cli(small_night, "-i", "-t", "-r")
+    assert result.returncode == 0, result.stderr
+    assert "W: ORIGINAL/truncated.fits is truncated" in result.stdout
+    assert _stacks(small_night) == SMALL_GROUPS | {"x_R_60000", "M-51-a_R_60000", "N-1_R_60000"}
+    assert fits.getheader(small_night / "stacked" / "M-67_R_60000.fits")["NCOMBINE"] == 4
+    # Nothing was written outside the night folder, and every product is valid FITS.
+    after = _tree(small_night.parent.parent)
+    assert {
+        p for p in after - outside_before if not p.startswith(f"nights{os.sep}2023-05-10")
+    } == set()
+    products = ("ar_masters", "ar_cosmetic", "stacked")
+    fitsverify([p for p in small_night.glob("*/*.fits") if p.parent.name in products])
+    assert source.read_bytes() == original

@@ -1,0 +1,54 @@
+"""Inventory: discovery, validation, quarantine with reasons, grouping, saved form."""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+
+from ar_tasks.inventory import GroupKey, Inventory, take_inventory
+
+
+def _write(path, shape=(32, 32), **keys):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(np.zeros(shape, np.uint16), header=fits.Header(keys)).writeto(path)
+
+
+def test_grouping_names_and_config(tmp_path):
+    _write(tmp_path / "DARK/d1.fits", EXPTIME=60)
+    _write(tmp_path / "DARK/d2.FIT", EXPOSURE=60.0004)
+    _write(tmp_path / "FLAT/f1.fts", EXPTIME=2, FILTER="r-SDSS")
+    _write(tmp_path / "ORIGINAL/a.fits", EXPTIME=60, FILTER="r_SDSS", OBJECT="M 67")
+    _write(tmp_path / "ORIGINAL/b.fits", EXPTIME=60.0, FILTER="rSDSS", OBJECT="M_67")
+    inventory = take_inventory(tmp_path)
+    assert inventory.quarantined == []
+    assert list(inventory.darks_by_exposure()) == [60000]
+    assert list(inventory.groups()) == [GroupKey("M-67", "rSDSS", 60000)]
+    assert inventory.config() == {
+        "objects": ["M-67"],
+        "exposures": [2000, 60000],
+        "filters": ["rSDSS"],
+    }
+    assert inventory.needed_exposures() == [2000, 60000]
+    assert any("all become 'rSDSS'" in w for w in inventory.warnings)
+    frame = inventory.groups()[GroupKey("M-67", "rSDSS", 60000)][0]
+    assert frame.working_name == f"M-67_rSDSS_60000_{frame.id}.fits"
+    assert GroupKey.parse("M-67_rSDSS_60000") == frame.group
+    assert Inventory.from_json(inventory.to_json()) == inventory
+
+
+def test_problems_are_quarantined_with_reasons(tmp_path):
+    _write(tmp_path / "DARK/good.fits", EXPTIME=1)
+    _write(tmp_path / "DARK/good2.fits", EXPTIME=1)
+    _write(tmp_path / "DARK/noexp.fits")
+    _write(tmp_path / "FLAT/badexp.fits", EXPTIME="long", FILTER="V")
+    _write(tmp_path / "FLAT/nofilter.fits", EXPTIME=1)
+    _write(tmp_path / "ORIGINAL/noobject.fits", EXPTIME=1, FILTER="V")
+    _write(tmp_path / "ORIGINAL/big.fits", shape=(64, 64), EXPTIME=1, FILTER="V", OBJECT="A")
+    reasons = {p.path: p.reason for p in take_inventory(tmp_path).quarantined}
+    assert reasons == {
+        "DARK/noexp.fits": "has no exposure keyword (EXPTIME, EXPOSURE or 'EXP (MS)')",
+        "FLAT/badexp.fits": "has EXPTIME = 'long', not a number",
+        "FLAT/nofilter.fits": "has no FILTER keyword",
+        "ORIGINAL/noobject.fits": "has no OBJECT keyword",
+        "ORIGINAL/big.fits": "is 64x64 px while the night's frames are 32x32 px",
+    }
