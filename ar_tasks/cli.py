@@ -30,6 +30,7 @@ OPTION_ORDER = (
     "nomaster",
     "nostack",
     "overwrite",
+    "link",
 )
 
 
@@ -77,6 +78,7 @@ class Reporter:
 @click.option("--nomaster", is_flag=True, help="Use the masters already in ar_masters/.")
 @click.option("--nostack", is_flag=True, help="Calibrate only; do not stack.")
 @click.option("--overwrite", is_flag=True, help="Recompute products even when they are current.")
+@click.option("--link", is_flag=True, help="With --setup: link working files instead of copying.")
 def cli(**options: bool) -> None:
     """Reduce an OHP T120 night: master darks and flats, calibrated (aux) frames, stacks.
 
@@ -101,7 +103,7 @@ def cli(**options: bool) -> None:
     report = Reporter(verbose=options["verbose"] or options["setup"], log_path=night / LOG_FILE)
     try:
         if options["setup"]:
-            _setup(layout, report)
+            _setup(layout, report, link=options["link"])
         else:
             _reduce(layout, report, options)
     except steps.StepError as exc:
@@ -109,11 +111,12 @@ def cli(**options: bool) -> None:
     _finish(report, started)
 
 
-def _setup(layout: NightLayout, report: Reporter) -> None:
+def _setup(layout: NightLayout, report: Reporter, link: bool) -> None:
     report("info", "Setting up for reduction:")
-    summary = steps.setup_night(layout, log=report)
+    summary = steps.setup_night(layout, working_copies="link" if link else "copy", log=report)
+    verb = "Linking" if link else "Copying"
     for kind, label in (("darks", "dark field"), ("flats", "flat field"), ("objects", "object")):
-        report("verbose", f"  Linking {label} images...     Done ({summary[kind]} files).")
+        report("verbose", f"  {verb} {label} images...     Done ({summary[kind]} files).")
     report("verbose", f"  Writing configuration file `{layout.config_file.name}`.")
     report("verbose", f"  Groups to stack: {', '.join(summary['groups']) or 'none'}.")
     report("info", "Done.")

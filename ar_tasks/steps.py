@@ -51,12 +51,15 @@ class StepError(RuntimeError):
 # Setup
 
 
-def setup_night(layout: NightLayout, working_copies: bool = True, log: Log = _quiet) -> dict:
+def setup_night(
+    layout: NightLayout, working_copies: str | None = "copy", log: Log = _quiet
+) -> dict:
     """Inventory the raw night, save it, and remove products the new inventory does not cover.
 
     Writes ar_inventory.json (what every later step reads), astro_reduce's `<dir>.json`, and
-    the ar_darks/ar_flats/ar_objects working names as relative symbolic links to the raw files
-    (5.1.3 copied them, doubling the disk use). Stale aux frames, stacks and PNGs from an earlier
+    the ar_darks/ar_flats/ar_objects working copies under astro_reduce's names: byte copies
+    ("copy", 5.1.3's back-up of the raw data), relative symbolic links ("link", no extra disk)
+    or none (None, for the DAG). Stale aux frames, stacks, masters and PNGs from an earlier
     setup are deleted, so they can never be stacked or solved again (5.1.3 bug B17).
     """
     missing = [
@@ -78,7 +81,7 @@ def setup_night(layout: NightLayout, working_copies: bool = True, log: Log = _qu
         layout.config_file, (json.dumps(inventory.config(), indent=2) + "\n").encode()
     )
     if working_copies:
-        _link_working_copies(layout, inventory)
+        _make_working_copies(layout, inventory, link=working_copies == "link")
     removed = prune_stale_products(layout, inventory)
     for path in removed:
         log("verbose", f"  Removed stale product `{path}`.")
@@ -95,17 +98,17 @@ def setup_night(layout: NightLayout, working_copies: bool = True, log: Log = _qu
     }
 
 
-def _link_working_copies(layout: NightLayout, inventory: Inventory) -> None:
+def _make_working_copies(layout: NightLayout, inventory: Inventory, link: bool) -> None:
     for kind, folder in WORKING_FOLDERS.items():
         directory = layout.out_dir / folder
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         for frame in inventory.of_kind(kind):
-            target = os.path.relpath(layout.raw(frame), directory)
-            try:
-                (directory / frame.working_name).symlink_to(target)
-            except OSError:  # file systems without symbolic links
-                shutil.copyfile(layout.raw(frame), directory / frame.working_name)
+            target = directory / frame.working_name
+            if link:
+                target.symlink_to(os.path.relpath(layout.raw(frame), directory))
+            else:
+                shutil.copyfile(layout.raw(frame), target)
 
 
 _AUX = re.compile(r"^(?P<stem>.+_[0-9a-f]{32})_aux\.(fits|png)$")

@@ -84,8 +84,18 @@ def test_nomaster_needs_masters_then_uses_them(small_night):
     assert not (small_night / "ar_masters" / "mtrans_B.fits").exists()  # --nomaster makes none
 
 
-def test_clear_and_clearall(small_night):
+def test_setup_copies_or_links_working_files(small_night):
     run_cli(small_night, "--setup")
+    copies = sorted((small_night / "ar_objects").iterdir())
+    assert len(copies) == 15 and not any(p.is_symlink() for p in copies)
+    run_cli(small_night, "--setup", "--link")
+    links = sorted((small_night / "ar_objects").iterdir())
+    assert [p.name for p in links] == [p.name for p in copies]
+    assert all(p.is_symlink() and p.resolve().parent.name == "ORIGINAL" for p in links)
+
+
+def test_clear_and_clearall(small_night):
+    run_cli(small_night, "--setup", "--link")
     assert run_cli(small_night, "-i", "-r").returncode == 0
     raw_before = {
         p: p.read_bytes()
