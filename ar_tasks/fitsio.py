@@ -104,6 +104,13 @@ def product_header(source: fits.Header | None) -> fits.Header:
     return header
 
 
+def set_card(header: fits.Header, key: str, value: object, comment: str = "") -> None:
+    """Set a keyword, keeping the comment only when the card still fits in 80 characters."""
+    header[key] = value
+    if comment and len(str(header.cards[key])) + len(comment) + 3 <= 80:
+        header.comments[key] = comment
+
+
 def write_image(path: Path, data: np.ndarray, header: fits.Header | None = None) -> Path:
     """Write a float32 image atomically: a temporary file in the same folder, then a rename.
 

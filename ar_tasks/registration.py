@@ -14,12 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft, ndimage
 
+from .combine import nanmedian_axis0
+
 BACKGROUND_MESH = 64  # px: the scale of sky structure removed before correlating
 DETECTION_SIGMA = 2.0  # soft threshold (sigma) subtracted from the background-free image
 SHARP_SIGMA = 3.0  # a pixel this far above its 3x3 median ...
 SHARP_RATIO = 0.5  # ... whose median is below half of it is a defect, not a star
 MAX_SHIFT_FRACTION = 0.45  # shifts searched, as a fraction of each axis
 GHOST_WARNING_FRACTION = 0.15  # 5.1.3's "Beware of ghosts!" threshold
+LANCZOS_ORDER = 3  # resampling kernel half-width (px)
 
 
 class RegistrationError(ValueError):
@@ -44,8 +47,7 @@ def background(image: np.ndarray, mesh: int = BACKGROUND_MESH) -> np.ndarray:
         level = np.nanmedian(image) if np.isfinite(image).any() else 0.0
         return np.full(image.shape, level, dtype=np.float32)
     cells = cells.reshape(ny, mesh, nx, mesh).transpose(0, 2, 1, 3).reshape(ny, nx, -1)
-    with np.errstate(all="ignore"):
-        grid = np.nanmedian(cells, axis=2)
+    grid = nanmedian_axis0(np.moveaxis(cells, 2, 0)).astype(np.float64)
     fill = np.nanmedian(grid) if np.isfinite(grid).any() else 0.0
     grid = ndimage.median_filter(np.where(np.isfinite(grid), grid, fill), size=3, mode="nearest")
     return (
@@ -76,16 +78,34 @@ def detection_image(image: np.ndarray) -> np.ndarray:
     """
     data = np.where(np.isfinite(image), image, np.nan).astype(np.float32)
     residual = np.nan_to_num(data - background(data), nan=0.0)
-    local = ndimage.median_filter(residual, size=3, mode="nearest")
     sigma = _noise(residual)
-    sharp = (residual - local > SHARP_SIGMA * sigma) & (local < SHARP_RATIO * residual)
-    residual = np.where(sharp, local, residual)
+    _replace_sharp_pixels(residual, sigma)
     return np.clip(residual - DETECTION_SIGMA * sigma, 0.0, None).astype(np.float32)
 
 
+def _replace_sharp_pixels(residual: np.ndarray, sigma: float) -> None:
+    """Replace, in place, pixels far above their 3x3 median whose median is below half of them.
+
+    Only pixels above SHARP_SIGMA can qualify, so the median is computed for those alone
+    (a few percent of the frame) instead of filtering the whole image.
+    """
+    rows, cols = np.nonzero(residual > SHARP_SIGMA * sigma)
+    if rows.size == 0:
+        return
+    padded = np.pad(residual, 1, mode="edge")
+    neighbours = np.stack(
+        [padded[rows + 1 + dy, cols + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    )
+    local = np.median(neighbours, axis=0)
+    values = residual[rows, cols]
+    sharp = (values - local > SHARP_SIGMA * sigma) & (local < SHARP_RATIO * values)
+    residual[rows[sharp], cols[sharp]] = local[sharp]
+
+
 def _noise(residual: np.ndarray) -> float:
-    """Robust sky noise (MAD) of a background-subtracted image."""
-    values = residual[residual != 0]
+    """Robust sky noise (MAD) of a background-subtracted image, from a regular subsample."""
+    values = residual[::3, ::3]
+    values = values[values != 0]
     if values.size == 0:
         return 0.0
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
@@ -157,13 +177,22 @@ def _peak_ratio(window: np.ndarray, iy: int, ix: int, peak: float, guard: int = 
 
 
 def shift_image(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """Translate by (dy, dx) pixels: out[y, x] = image[y - dy, x - dx], bilinear for fractions.
+    """Translate by (dy, dx) pixels: out[y, x] = image[y - dy, x - dx].
 
-    Pixels that come from outside the frame are NaN: nothing wraps round the edges.
+    Fractional parts use a separable Lanczos-3 kernel (as SWarp does), which keeps the PSF
+    sharp where bilinear interpolation broadened stacked stars by 3-5%. Pixels whose kernel
+    reaches outside the frame or a NaN are NaN: nothing wraps round the edges.
     """
     out = image.astype(np.float32)
     out = _shift_axis(out, dy, axis=0)
     return _shift_axis(out, dx, axis=1)
+
+
+def lanczos_weights(fraction: float, order: int = LANCZOS_ORDER) -> np.ndarray:
+    """Weights of samples m-order+1 .. m+order for a point at m + fraction (sum 1)."""
+    offsets = fraction - np.arange(-order + 1, order + 1)
+    weights = np.sinc(offsets) * np.sinc(offsets / order)
+    return weights / weights.sum()
 
 
 def _shift_axis(image: np.ndarray, shift: float, axis: int) -> np.ndarray:
@@ -173,9 +202,13 @@ def _shift_axis(image: np.ndarray, shift: float, axis: int) -> np.ndarray:
         return _integer_shift(image, whole, axis)
     if fraction > 1 - 1e-3:
         return _integer_shift(image, whole + 1, axis)
-    first = _integer_shift(image, whole, axis)
-    second = _integer_shift(image, whole + 1, axis)
-    return ((1 - fraction) * first + fraction * second).astype(np.float32)
+    # out[y] = image(y - whole - fraction): the point sits at m + (1 - fraction), m = y - whole - 1.
+    out = np.zeros_like(image)
+    for tap, weight in zip(
+        range(-LANCZOS_ORDER + 1, LANCZOS_ORDER + 1), lanczos_weights(1 - fraction), strict=True
+    ):
+        out += np.float32(weight) * _integer_shift(image, whole + 1 - tap, axis)
+    return out
 
 
 def _integer_shift(image: np.ndarray, shift: int, axis: int) -> np.ndarray:

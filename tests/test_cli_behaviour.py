@@ -192,3 +192,20 @@ def test_bad_inputs_are_named_and_the_rest_is_reduced(small_night):
     products = ("ar_masters", "ar_cosmetic", "stacked")
     fitsverify([p for p in small_night.glob("*/*.fits") if p.parent.name in products])
     assert source.read_bytes() == original
+
+
+def test_raw_frame_changed_after_setup_is_refused(small_night):
+    run_cli(small_night, "--setup")
+    changed = _science_frame(small_night)
+    with fits.open(changed, mode="update") as hdus:
+        hdus[0].header["OBSERVER"] = "someone"
+    result = run_cli(small_night, "-i")
+    assert result.returncode == 1
+    assert (
+        f"E: ORIGINAL/{changed.name} changed since --setup: run astro_reduce --setup again"
+        in result.stderr
+    )
+    assert fits.getheader(small_night / "stacked" / "M-67_R_60000.fits")["NCOMBINE"] == 2
+    assert run_cli(small_night, "--setup").returncode == 0
+    assert run_cli(small_night, "-i").returncode == 0
+    assert fits.getheader(small_night / "stacked" / "M-67_R_60000.fits")["NCOMBINE"] == 3
