@@ -209,3 +209,33 @@ def test_raw_frame_changed_after_setup_is_refused(small_night):
     assert run_cli(small_night, "--setup").returncode == 0
     assert run_cli(small_night, "-i").returncode == 0
     assert fits.getheader(small_night / "stacked" / "M-67_R_60000.fits")["NCOMBINE"] == 3
+
+
+def test_large_dithers_are_registered_and_warned_about(tmp_path):
+    """5.1.3's ghost warning above 15% of the field, and large shifts still found exactly."""
+    from ar_tasks.synthetic import NightSpec, load_truth, write_night
+
+    night = write_night(tmp_path, NightSpec(size=256, frames_per_group=3, max_dither_px=60, seed=5))
+    run_cli(night, "--setup")
+    result = run_cli(night, "-i")
+    assert result.returncode == 0, result.stderr
+    assert "W: In M-67:V:60000, shifting by " in result.stdout
+    assert "% of the field size.\nW: Beware of ghosts!" in result.stdout
+    truth = load_truth(tmp_path / "_truth" / night.name)
+    header = fits.getheader(night / "stacked" / "M-67_V_60000.fits")
+    reference = truth.frame(header["ARREF"])
+    for card in header["HISTORY"]:
+        path, dy, dx, _ = str(card).split()
+        frame = truth.frame(path)
+        assert abs(float(dy[3:]) - (reference["dy"] - frame["dy"])) < 0.05
+        assert abs(float(dx[3:]) - (reference["dx"] - frame["dx"])) < 0.05
+
+
+def test_version_and_help(small_night):
+    version = run_cli(small_night, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("astro_reduce, version ")
+    helptext = run_cli(small_night, "--help")
+    assert helptext.returncode == 0
+    for option in ("--setup", "--clear", "--clearall", "--interpolate", "--tmppng", "--stkpng"):
+        assert option in helptext.stdout
+    assert "--nomaster" in helptext.stdout and "--nostack" in helptext.stdout
