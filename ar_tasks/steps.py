@@ -598,6 +598,7 @@ def _stack_group(
         combined=len(used),
         reference=reference.path,
         shifts={frames[i].path: [round(shifts[i].dy, 3), round(shifts[i].dx, 3)] for i in used},
+        refine_stars={frames[i].path: shifts[i].stars for i in used},
         rejected=[frames[i].path for i in failed],
         max_shift_fraction=round(fraction, 4),
     )
