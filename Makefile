@@ -7,7 +7,7 @@ UV := $(BIN)/uv
 DEMO_DIR ?= demo_data
 DEMO_NIGHT ?= 2023-05-10
 
-.PHONY: install debian venv demo test lint lock clean
+.PHONY: install debian venv demo demo-cli airflow-init test lint lock clean
 
 install: debian venv
 
@@ -36,12 +36,31 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 lock: $(VENV)/.installed
 	$(UV) pip compile -q requirements.in --python-version 3.11 -o requirements.txt
 
+# The main job on the embedded default: two synthetic nights reduced by the DAG on SQLite.
 demo: install
 	@rm -rf $(DEMO_DIR)
-	$(BIN)/python -m ar_tasks.synthetic --root $(DEMO_DIR) --night $(DEMO_NIGHT)
-	cd $(DEMO_DIR)/$(DEMO_NIGHT) && ../../$(BIN)/astro_reduce --setup >/dev/null
-	cd $(DEMO_DIR)/$(DEMO_NIGHT) && ../../$(BIN)/astro_reduce --interpolate --tmppng --stkpng
-	@$(BIN)/python -m ar_tasks.summary $(DEMO_DIR)/$(DEMO_NIGHT)
+	$(BIN)/python -m ar_tasks.synthetic --root $(DEMO_DIR)/raw --night 2023-05-10 --night 2023-05-11
+	AIRFLOW_HOME=$(CURDIR)/$(DEMO_DIR)/airflow scripts/airflow-init.sh
+	@echo "airflow dags test t120_reduce (log: $(DEMO_DIR)/dags_test.log) ..."
+	@source scripts/airflow-env.sh && export AIRFLOW_HOME=$(CURDIR)/$(DEMO_DIR)/airflow && \
+	  SECONDS=0 && airflow dags test t120_reduce 2023-05-12 -c \
+	  '{"first_night": "2023-05-10", "last_night": "2023-05-11", "raw_root": "$(CURDIR)/$(DEMO_DIR)/raw", "products_root": "$(CURDIR)/$(DEMO_DIR)/products"}' \
+	  > $(DEMO_DIR)/dags_test.log 2>&1 || { tail -40 $(DEMO_DIR)/dags_test.log; exit 1; }; \
+	  echo "airflow dags test took $$SECONDS s"
+	@grep -o "DagRun Finished: dag_id=t120_reduce.*state=[a-z]*" $(DEMO_DIR)/dags_test.log | sed 's/logical_date.*state=/state=/'
+	@$(BIN)/python -m ar_tasks.summary $(DEMO_DIR)/products/2023-05-10 $(DEMO_DIR)/products/2023-05-11
+
+# The same night reduced by the astro_reduce command, in the night folder itself.
+demo-cli: install
+	@rm -rf $(DEMO_DIR)/cli
+	$(BIN)/python -m ar_tasks.synthetic --root $(DEMO_DIR)/cli --night $(DEMO_NIGHT)
+	cd $(DEMO_DIR)/cli/$(DEMO_NIGHT) && $(CURDIR)/$(BIN)/astro_reduce --setup >/dev/null
+	cd $(DEMO_DIR)/cli/$(DEMO_NIGHT) && $(CURDIR)/$(BIN)/astro_reduce --interpolate --tmppng --stkpng
+	@$(BIN)/python -m ar_tasks.summary $(DEMO_DIR)/cli/$(DEMO_NIGHT)
+
+# Migrate the embedded metadata database (.airflow/) and create the pools.
+airflow-init: install
+	scripts/airflow-init.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -51,4 +70,4 @@ test: install lint
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(DEMO_DIR) .airflow .pytest_cache .ruff_cache build *.egg-info

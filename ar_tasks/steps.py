@@ -493,6 +493,7 @@ def _calibrate_frames(
     dark_key, flat_key = input_key(dark_path), input_key(flat_path)
     dark = flat = None
     done: list[Frame] = []
+    written: list[str] = []
     reused = 0
     for frame in frames:
         path = layout.aux(frame)
@@ -517,7 +518,9 @@ def _calibrate_frames(
         set_card(header, "ARFLAT", flat_path.name, "master flat divided")
         write_image(path, aux, stamp(header, key))
         done.append(frame)
+        written.append(str(path.relative_to(layout.out_dir)))
     result["calibrated"] = len(done)
+    result["written"] = written
     result["aux_reused"] = reused
     return done
 

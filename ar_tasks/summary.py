@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,15 @@ def summarise(night_dir: Path) -> str:
         fits_files = sorted(path.glob("*.fits")) if path.is_dir() else []
         pngs = sorted(path.glob("*.png")) if path.is_dir() else []
         lines.append(f"  {folder + '/':<13} {len(fits_files):3d} FITS, {len(pngs):3d} PNG")
+    manifest = night_dir / "manifest.json"
+    if manifest.is_file():
+        record = json.loads(manifest.read_text())
+        lines.append(
+            f"  manifest.json: status {record['status']}, {len(record['inputs'])} inputs, "
+            f"{len(record['quarantined'])} quarantined, {len(record['products'])} products, "
+            f"{len(record['recomputed'])} recomputed in the last run"
+        )
+        lines += [f"  problem: {problem}" for problem in record["problems"]]
     for stack in sorted((night_dir / STACKED).glob("*.fits")):
         header = fits.getheader(stack)
         lines.append(
@@ -29,8 +39,9 @@ def summarise(night_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    print(summarise(Path(args[0] if args else ".")))
+    """Summarise each night folder given (default: the current folder)."""
+    args = (sys.argv[1:] if argv is None else argv) or ["."]
+    print("\n".join(summarise(Path(arg)) for arg in args))
     return 0
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from ar_tasks.synthetic import NightSpec, load_truth, write_night
+REPO = Path(__file__).resolve().parents[1]
+# Airflow reads its configuration when first imported: a private, throw-away home for the tests.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="ar_airflow_home_")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+from ar_tasks.synthetic import NightSpec, load_truth, write_night  # noqa: E402
 
 NIGHT = "2023-05-10"
 ASTRO_REDUCE = Path(sys.executable).with_name("astro_reduce")

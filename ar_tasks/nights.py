@@ -1,0 +1,69 @@
+"""Which observing night a run reduces, and which nights of an archive have raw data.
+
+An observing night is named after the local date (Europe/Paris) of its evening: the night
+2023-05-10 runs from noon on 10 May to noon on 11 May, local time. The DAG's data interval
+(noon to noon) starts on that date, so the night is the interval's start date in Paris.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from . import camera
+
+OBSERVATORY_TZ = ZoneInfo("Europe/Paris")
+NIGHT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+NIGHT_STARTS_AT = dt.time(12, 0)
+
+
+def parse_night(text: str) -> dt.date:
+    """A night name YYYY-MM-DD as a date, or ValueError saying what is wrong."""
+    if not NIGHT_PATTERN.match(text or ""):
+        raise ValueError(f"night {text!r} is not a date YYYY-MM-DD")
+    return dt.date.fromisoformat(text)
+
+
+def night_of(moment: dt.datetime) -> str:
+    """The observing night that contains a moment (local noon to local noon)."""
+    local = moment.astimezone(OBSERVATORY_TZ)
+    day = local.date() if local.time() >= NIGHT_STARTS_AT else local.date() - dt.timedelta(days=1)
+    return day.isoformat()
+
+
+def last_complete_night(run_after: dt.datetime) -> str:
+    """The latest night that has ended (reached the next local noon) by `run_after`."""
+    ended_by = run_after.astimezone(OBSERVATORY_TZ) - dt.timedelta(days=1)
+    return night_of(ended_by)
+
+
+def night_range(first: str, last: str) -> list[str]:
+    """Every night name from first to last inclusive."""
+    start, end = parse_night(first), parse_night(last)
+    if end < start:
+        raise ValueError(f"last night {last} is before first night {first}")
+    return [(start + dt.timedelta(days=d)).isoformat() for d in range((end - start).days + 1)]
+
+
+def has_raw_data(night_dir: Path) -> bool:
+    """True when a night folder holds at least one FITS file in DARK/, FLAT/ or ORIGINAL/."""
+    for folder in camera.FRAME_FOLDERS:
+        directory = night_dir / folder
+        if directory.is_dir() and any(camera.is_fits_name(p.name) for p in directory.iterdir()):
+            return True
+    return False
+
+
+def nights_with_raw_data(raw_root: Path, first: str, last: str) -> list[str]:
+    """The nights in [first, last] whose raw folder exists and holds frames."""
+    wanted = set(night_range(first, last))
+    if not Path(raw_root).is_dir():
+        raise FileNotFoundError(f"raw root {raw_root} does not exist")
+    found = [
+        entry.name
+        for entry in Path(raw_root).iterdir()
+        if entry.name in wanted and entry.is_dir() and has_raw_data(entry)
+    ]
+    return sorted(found)

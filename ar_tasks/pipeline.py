@@ -1,0 +1,259 @@
+"""Night and group steps for the Airflow DAG: plain arguments in, small JSON-able dicts out.
+
+Each function works on one night (`<raw_root>/<night>` -> `<products_root>/<night>`) or one
+(night, group), records what it did in `<products>/<night>/ar_qc/*.json`, and returns keys,
+counts and QC figures for XCom. `publish_night` gathers those records into `manifest.json`,
+written last. Reruns are cheap because the steps reuse products whose provenance key matches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, camera, steps
+from .fitsio import sha256_file, write_bytes_atomic
+from .layout import NightLayout
+from .previews import png_path, write_preview
+
+QC_FOLDER = "ar_qc"
+MANIFEST = "manifest.json"
+NIGHT_RECORDS = ("setup", "masters")
+
+
+def layout_for(raw_root: str, products_root: str, night: str) -> NightLayout:
+    """The folders of one night in the archive and in the products tree."""
+    return NightLayout(Path(raw_root) / night, Path(products_root) / night)
+
+
+def _record(layout: NightLayout, name: str, payload: dict[str, Any]) -> None:
+    path = layout.out_dir / QC_FOLDER / f"{name}.json"
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _read_record(layout: NightLayout, name: str) -> dict[str, Any] | None:
+    path = layout.out_dir / QC_FOLDER / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _selected(group: str, objects: Iterable[str], filters: Iterable[str]) -> bool:
+    """True when a group passes the optional object and filter restrictions (names sanitised)."""
+    key = steps.GroupKey.parse(group)
+    wanted_objects = {camera.sanitize_object(o) for o in objects}
+    wanted_filters = {camera.sanitize_filter(f) for f in filters}
+    return (not wanted_objects or key.object in wanted_objects) and (
+        not wanted_filters or key.filter in wanted_filters
+    )
+
+
+def inventory_night(raw_root: str, products_root: str, night: str) -> dict[str, Any]:
+    """Inventory one night (no working copies) and drop products it no longer covers."""
+    started = time.monotonic()
+    layout = layout_for(raw_root, products_root, night)
+    summary = steps.setup_night(layout, working_copies=None)
+    summary.update(night=night, seconds=round(time.monotonic() - started, 3))
+    _record(layout, "setup", summary)
+    return {
+        "night": night,
+        "frames": summary["frames"],
+        "groups": summary["groups"],
+        "quarantined": len(summary["quarantined"]),
+    }
+
+
+def masters_night(
+    raw_root: str,
+    products_root: str,
+    night: str,
+    interpolate: bool = True,
+    overwrite: bool = False,
+    objects: Iterable[str] = (),
+    filters: Iterable[str] = (),
+    png: bool = False,
+) -> dict[str, Any]:
+    """Masters of one night (and their PNGs); returns the groups that can be reduced."""
+    started = time.monotonic()
+    layout = layout_for(raw_root, products_root, night)
+    result = steps.make_masters(layout, interpolate=interpolate, overwrite=overwrite)
+    inventory = steps.load_inventory(layout)
+    ready, blocked = [], {}
+    for group in inventory.groups():
+        if not _selected(group.name, objects, filters):
+            continue
+        missing = [
+            p.name
+            for p in (layout.master_dark(group.exposure_ms), layout.master_flat(group.filter))
+            if not p.is_file()
+        ]
+        if missing:
+            blocked[group.name] = f"missing {', '.join(missing)}"
+        else:
+            ready.append({"name": group.name, "label": f"{night} {group.label}"})
+    if png:
+        _refresh_previews(sorted(layout.masters.glob("*.fits")), overwrite)
+    result.update(night=night, blocked=blocked, seconds=round(time.monotonic() - started, 3))
+    _record(layout, "masters", result)
+    return {"night": night, "groups": ready, "problems": len(result["problems"])}
+
+
+def reduce_group(
+    raw_root: str,
+    products_root: str,
+    night: str,
+    group: str,
+    stack: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Calibrate and stack one (object, filter, exposure) group; a failure is recorded."""
+    started = time.monotonic()
+    layout = layout_for(raw_root, products_root, night)
+    try:
+        result = steps.reduce_group(layout, group, stack=stack, overwrite=overwrite)
+    except Exception as exc:  # recorded for the manifest, then re-raised for Airflow
+        _record(layout, f"group_{group}", {"group": group, "status": "failed", "error": str(exc)})
+        raise
+    result.update(status="done", seconds=round(time.monotonic() - started, 3))
+    _record(layout, f"group_{group}", result)
+    stack_qc = result.get("stack", {})
+    return {
+        "night": night,
+        "group": group,
+        "calibrated": result["calibrated"],
+        "combined": stack_qc.get("combined"),
+        "reused": stack_qc.get("reused"),
+    }
+
+
+def previews_group(
+    raw_root: str, products_root: str, night: str, group: str, overwrite: bool = False
+) -> dict[str, Any]:
+    """PNG quick-looks of a group's stack and aux frames (kept when newer than the FITS)."""
+    layout = layout_for(raw_root, products_root, night)
+    key = steps.GroupKey.parse(group)
+    frames = steps.load_inventory(layout).groups().get(key, [])
+    sources = [layout.stack(key)] + [layout.aux(f) for f in frames]
+    written = _refresh_previews([p for p in sources if p.is_file()], overwrite)
+    return {"night": night, "group": group, "written": len(written)}
+
+
+def _refresh_previews(sources: list[Path], overwrite: bool) -> list[str]:
+    """Write the PNG of each FITS file unless a newer one exists; returns the PNG names."""
+    written = []
+    for source in sources:
+        target = png_path(source)
+        if overwrite or not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
+            write_preview(source)
+            written.append(target.name)
+    return written
+
+
+def publish_night(
+    raw_root: str, products_root: str, night: str, parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """Write `manifest.json` for a night from its QC records; last, and atomically.
+
+    Returns the night's status; the caller fails the night's branch when it is not 'success'.
+    """
+    layout = layout_for(raw_root, products_root, night)
+    setup = _read_record(layout, "setup") or {}
+    masters = _read_record(layout, "masters") or {}
+    inventory = steps.load_inventory(layout)
+    problems: list[str] = list(masters.get("problems", []))
+    groups: dict[str, Any] = {}
+    recomputed: list[str] = []
+    for key in inventory.groups():
+        name = key.name
+        if name in masters.get("blocked", {}):
+            groups[name] = {"status": "failed", "error": masters["blocked"][name]}
+            problems.append(f"{name}: {masters['blocked'][name]}")
+            continue
+        record = _read_record(layout, f"group_{name}")
+        if record is None:
+            groups[name] = {"status": "not reduced"}
+            continue
+        groups[name] = record
+        if record.get("status") == "failed":
+            problems.append(f"{name}: {record.get('error')}")
+        recomputed += record.get("written", [])
+        stack_qc = record.get("stack") or {}
+        if stack_qc and not stack_qc.get("reused"):
+            recomputed.append(stack_qc["file"])
+    for kind in ("darks", "interpolated", "flats"):
+        for qc in masters.get(kind, {}).values():
+            if not qc.get("reused"):
+                recomputed.append(qc["file"])
+    manifest = {
+        "night": night,
+        "status": "failed" if problems else "success",
+        "software": _versions(),
+        "parameters": parameters,
+        "raw_dir": str(layout.raw_dir),
+        "inputs": [
+            {
+                "path": f.path,
+                "kind": f.kind,
+                "sha256": f.sha256,
+                "exposure_ms": f.exposure_ms,
+                "filter": f.filter,
+                "object": f.object,
+            }
+            for f in inventory.frames
+        ],
+        "quarantined": setup.get("quarantined", []),
+        "warnings": setup.get("warnings", []),
+        "masters": {k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
+        "groups": groups,
+        "problems": problems,
+        "recomputed": sorted(set(recomputed)),
+        "products": _products(layout),
+        "timings": {
+            "setup": setup.get("seconds"),
+            "masters": masters.get("seconds"),
+            "groups": {n: g.get("seconds") for n, g in groups.items() if "seconds" in g},
+        },
+    }
+    payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(layout.out_dir / MANIFEST, payload.encode())
+    return {
+        "night": night,
+        "status": manifest["status"],
+        "groups": len(groups),
+        "recomputed": len(manifest["recomputed"]),
+        "problems": problems,
+    }
+
+
+def _products(layout: NightLayout) -> list[dict[str, str]]:
+    """Every FITS product of the night with its SHA-256 and provenance key."""
+    from .provenance import stored_key
+
+    entries = []
+    for folder in (layout.masters, layout.cosmetic, layout.stacked):
+        for path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
+            entries.append(
+                {
+                    "path": str(path.relative_to(layout.out_dir)),
+                    "sha256": sha256_file(path),
+                    "key": stored_key(path) or "",
+                }
+            )
+    return entries
+
+
+def _versions() -> dict[str, str]:
+    import astropy
+    import numpy
+    import scipy
+
+    return {
+        "ar_tasks": __version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "astropy": astropy.__version__,
+    }

@@ -1,0 +1,200 @@
+"""
+### t120_reduce: cosmetic reduction of OHP T120 nights
+
+One scheduled run per observing night: the run whose data interval starts at local noon
+(Europe/Paris) on day D reduces night **D** (its evening), once the night has ended, at noon on
+D+1. A manual run reduces `first_night`..`last_night` (empty `last_night`: the run's own night);
+years are reprocessed with `airflow backfill create` (see README).
+
+Shape: list the nights with raw data → per night: inventory, masters → collect the
+(night, group) pairs → per (night, group): calibrate and stack, astrometry (pool `astrometry`),
+previews → per night: publish `manifest.json`. Every task calls one `ar_tasks` function and
+passes small dicts through XCom. Products: `<products_root>/<night>/` in astro_reduce's layout.
+A night whose masters are missing fails only its own branch, with the reason in its manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
+
+NIGHT_OR_EMPTY = {"type": ["null", "string"], "format": "date"}
+PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
+
+
+@dag(
+    dag_id="t120_reduce",
+    schedule=CronDataIntervalTimetable("0 12 * * *", timezone="Europe/Paris"),
+    start_date=dt.datetime(2015, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=2,
+    max_active_tasks=4,
+    tags=["t120", "reduction", "astro_reduce"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    params={
+        "first_night": Param(
+            None,
+            **NIGHT_OR_EMPTY,
+            title="First night (YYYY-MM-DD)",
+            description="Empty: the run's own night.",
+        ),
+        "last_night": Param(
+            None,
+            **NIGHT_OR_EMPTY,
+            title="Last night (YYYY-MM-DD)",
+            description="Empty: same as the first night.",
+        ),
+        "raw_root": Param(
+            os.environ.get("AR_RAW_ROOT", "/data/t120/raw"),
+            type="string",
+            pattern=r"^/.*",
+            title="Raw archive root (local absolute path)",
+        ),
+        "products_root": Param(
+            os.environ.get("AR_PRODUCTS_ROOT", "/data/t120/products"),
+            type="string",
+            pattern=PRODUCTS_URL,
+            title="Products root (absolute path or s3://bucket/prefix)",
+        ),
+        "interpolate": Param(True, type="boolean", title="Interpolate missing master darks"),
+        "stack": Param(True, type="boolean", title="Align and stack each group"),
+        "png": Param(True, type="boolean", title="PNG quick-looks"),
+        # The astrometric issue adds "astromatic", "astrometry.net-local", "-online".
+        "astrometry": Param("none", type="string", enum=["none"], title="Astrometric reduction"),
+        "objects": Param(
+            [], type="array", items={"type": "string"}, title="Only these objects (empty: all)"
+        ),
+        "filters": Param(
+            [], type="array", items={"type": "string"}, title="Only these filters (empty: all)"
+        ),
+        "overwrite": Param(False, type="boolean", title="Recompute current products"),
+    },
+)
+def t120_reduce() -> None:
+    @task
+    def list_nights() -> list[str]:
+        """Nights in the requested range that have raw data (others are skipped, not failed)."""
+        from ar_tasks import nights
+
+        context = get_current_context()
+        params = context["params"]
+        start = context.get("data_interval_start")
+        own = (
+            nights.night_of(start)
+            if start
+            else nights.last_complete_night(context["dag_run"].run_after)
+        )
+        first = params["first_night"] or own
+        last = params["last_night"] or first
+        found = nights.nights_with_raw_data(params["raw_root"], first, last)
+        print(f"Nights {first}..{last} with raw data: {found or 'none'}")
+        return found
+
+    @task(map_index_template="{{ night }}")
+    def inventory(night: str) -> dict:
+        from ar_tasks import pipeline
+
+        params = get_current_context()["params"]
+        get_current_context()["night"] = night  # type: ignore[typeddict-unknown-key]
+        return pipeline.inventory_night(params["raw_root"], params["products_root"], night)
+
+    @task(map_index_template="{{ night }}")
+    def masters(night_inventory: dict) -> dict:
+        from ar_tasks import pipeline
+
+        params = get_current_context()["params"]
+        night = night_inventory["night"]
+        get_current_context()["night"] = night  # type: ignore[typeddict-unknown-key]
+        return pipeline.masters_night(
+            params["raw_root"],
+            params["products_root"],
+            night,
+            interpolate=params["interpolate"],
+            overwrite=params["overwrite"],
+            objects=params["objects"],
+            filters=params["filters"],
+            png=params["png"],
+        )
+
+    @task_group
+    def per_night(night: str) -> dict:
+        return masters(inventory(night))
+
+    @task(trigger_rule="all_done")
+    def plan_groups(night_results: object) -> list[dict]:
+        """Flatten nights x groups (one night comes as a bare dict: normalise it)."""
+        results = [night_results] if isinstance(night_results, dict) else list(night_results or [])
+        return [
+            {"night": r["night"], "group": g["name"], "label": g["label"]}
+            for r in results
+            if r
+            for g in r["groups"]
+        ]
+
+    @task(map_index_template="{{ label }}")
+    def calibrate_and_stack(night: str, group: str, label: str) -> dict:
+        from ar_tasks import pipeline
+
+        params = get_current_context()["params"]
+        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
+        return pipeline.reduce_group(
+            params["raw_root"],
+            params["products_root"],
+            night,
+            group,
+            stack=params["stack"],
+            overwrite=params["overwrite"],
+        )
+
+    @task(pool="astrometry", map_index_template="{{ label }}")
+    def astrometry(reduced: dict, label: str) -> dict:
+        """Plate solving per group, in the `astrometry` pool (only mode 'none' so far)."""
+        params = get_current_context()["params"]
+        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
+        return {**reduced, "astrometry": params["astrometry"]}
+
+    @task(map_index_template="{{ label }}")
+    def previews(solved: dict, label: str) -> dict:
+        from ar_tasks import pipeline
+
+        params = get_current_context()["params"]
+        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
+        if not params["png"]:
+            return {**solved, "previews": 0}
+        return pipeline.previews_group(
+            params["raw_root"],
+            params["products_root"],
+            solved["night"],
+            solved["group"],
+            overwrite=params["overwrite"],
+        )
+
+    @task_group
+    def per_group(night: str, group: str, label: str) -> dict:
+        return previews(astrometry(calibrate_and_stack(night, group, label), label), label)
+
+    @task(trigger_rule="all_done", map_index_template="{{ night }}")
+    def publish(night: str) -> dict:
+        """Write the night's manifest; fail this night's branch if anything in it failed."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ar_tasks import pipeline
+
+        params = get_current_context()["params"]
+        get_current_context()["night"] = night  # type: ignore[typeddict-unknown-key]
+        summary = pipeline.publish_night(
+            params["raw_root"], params["products_root"], night, dict(params)
+        )
+        if summary["status"] != "success":
+            raise AirflowFailException(f"night {night}: " + "; ".join(summary["problems"]))
+        return summary
+
+    nights = list_nights()
+    reduced = per_group.expand_kwargs(plan_groups(per_night.expand(night=nights)))
+    reduced >> publish.expand(night=nights)
+
+
+t120_reduce()

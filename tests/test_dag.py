@@ -1,0 +1,229 @@
+"""The Airflow DAG t120_reduce: integrity, parse cost, params, backfill, and dag.test() vs truth."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, fitsverify
+from truth_checks import (
+    GROUPS,
+    check_interpolated_darks,
+    check_master_darks,
+    check_master_flats,
+    check_product_names,
+    check_stack,
+    fits_products,
+)
+
+from ar_tasks.nights import night_of
+from ar_tasks.synthetic import NightSpec, load_truth, write_night
+
+NIGHTS = ["2023-05-10", "2023-05-11"]
+AIRFLOW = Path(sys.executable).with_name("airflow")
+
+
+@pytest.fixture(scope="session")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    db.resetdb()
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.get_dag("t120_reduce")
+
+
+def _run(dag, **conf):
+    run = dag.test(run_conf=conf)
+    return run.state
+
+
+def test_dag_has_tags_retries_docs_and_limits(dag):
+    assert dag.tags and dag.doc_md and "night" in dag.doc_md
+    assert all(t.retries >= 1 for t in dag.tasks)
+    assert dag.max_active_runs == 2 and dag.max_active_tasks == 4
+    assert dag.catchup is False
+    assert {t.pool for t in dag.tasks if t.task_id.endswith("astrometry")} == {"astrometry"}
+
+
+def test_parsing_imports_no_science_stack():
+    code = (
+        "import sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "heavy = ('numpy', 'astropy', 'scipy', 'matplotlib', 'ar_tasks')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_ruff_air_rules_are_clean():
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run(
+        [str(ruff), "check", "--select", "AIR", str(REPO / "dags")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"products_root": "relative/products"},
+        {"products_root": "s3://"},
+        {"raw_root": "data/raw"},
+        {"first_night": "10/05/2023"},
+        {"astrometry": "guess"},
+        {"interpolate": "yes"},
+    ],
+)
+def test_malformed_params_are_rejected(dag, conf):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError):  # raised on assignment or on validation
+        params.update(conf)
+        params.validate()
+
+
+def test_good_params_are_accepted(dag):
+    params = copy.deepcopy(dag.params)
+    params.update({"products_root": "s3://t120-products/reduced", "first_night": "2023-05-10"})
+    params.validate()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dag_archive")
+    for night in NIGHTS:
+        write_night(root / "raw", NightSpec(night=night, size=512, frames_per_group=3))
+    return root
+
+
+@pytest.fixture(scope="session")
+def reduced_archive(dag, archive):
+    conf = {
+        "first_night": NIGHTS[0],
+        "last_night": NIGHTS[1],
+        "raw_root": str(archive / "raw"),
+        "products_root": str(archive / "products"),
+    }
+    assert _run(dag, **conf) == "success"
+    return archive, conf
+
+
+@pytest.mark.parametrize("night", NIGHTS)
+def test_dag_products_match_truth(reduced_archive, night):
+    archive, _ = reduced_archive
+    products = archive / "products" / night
+    truth = load_truth(archive / "raw" / "_truth" / night)
+    check_product_names(products, frames_per_group=3)
+    check_master_darks(products, truth)
+    check_interpolated_darks(products, truth)
+    check_master_flats(products, truth)
+    for group in GROUPS:
+        check_stack(products, truth, group, frames=3)
+        assert (products / "stacked" / f"{group}.png").is_file()
+    assert (products / "ar_masters" / "mtrans_V.png").is_file()
+    fitsverify(fits_products(products))
+    assert not (archive / "raw" / night / "ar_masters").exists()  # raw tree untouched
+
+
+@pytest.mark.parametrize("night", NIGHTS)
+def test_manifest_describes_the_night(reduced_archive, night):
+    archive, conf = reduced_archive
+    manifest = json.loads((archive / "products" / night / "manifest.json").read_text())
+    assert manifest["status"] == "success" and manifest["problems"] == []
+    assert len(manifest["inputs"]) == 51 and all(len(i["sha256"]) == 64 for i in manifest["inputs"])
+    assert set(manifest["groups"]) == set(GROUPS)
+    assert all(g["stack"]["combined"] == 3 for g in manifest["groups"].values())
+    assert manifest["parameters"]["raw_root"] == conf["raw_root"]
+    assert manifest["software"]["ar_tasks"]
+    assert manifest["masters"]["darks"]["60000"]["noise_adu"] > 0
+    assert {p["path"] for p in manifest["products"]} == {
+        str(p.relative_to(archive / "products" / night))
+        for p in fits_products(archive / "products" / night)
+    }
+
+
+def test_second_run_recomputes_nothing(dag, reduced_archive):
+    archive, conf = reduced_archive
+    products = sorted(fits_products(archive / "products" / NIGHTS[0]))
+    before = {p: p.stat().st_mtime_ns for p in products}
+    assert _run(dag, **conf) == "success"
+    for night in NIGHTS:
+        manifest = json.loads((archive / "products" / night / "manifest.json").read_text())
+        assert manifest["recomputed"] == [], manifest["recomputed"]
+        assert manifest["status"] == "success"
+    assert {p: p.stat().st_mtime_ns for p in products} == before
+
+
+def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
+    raw = tmp_path / "raw"
+    spec = {"size": 256, "frames_per_group": 2}
+    write_night(raw, NightSpec(night="2023-06-01", **spec))
+    broken = write_night(raw, NightSpec(night="2023-06-02", **spec))
+    for dark in (broken / "DARK").iterdir():
+        dark.unlink()
+    (raw / "2023-06-03").mkdir()  # a night folder without data: skipped, not failed
+    state = _run(
+        dag,
+        first_night="2023-06-01",
+        last_night="2023-06-03",
+        raw_root=str(raw),
+        products_root=str(tmp_path / "products"),
+    )
+    assert state == "failed"
+    good = json.loads((tmp_path / "products" / "2023-06-01" / "manifest.json").read_text())
+    assert (
+        good["status"] == "success"
+        and len(list((tmp_path / "products" / "2023-06-01" / "stacked").glob("*.fits"))) == 5
+    )
+    bad = json.loads((tmp_path / "products" / "2023-06-02" / "manifest.json").read_text())
+    assert bad["status"] == "failed"
+    assert any("no dark files at all" in p for p in bad["problems"])
+    assert not (tmp_path / "products" / "2023-06-03").exists()
+
+
+def test_backfill_dry_run_lists_one_run_per_night(dag):
+    env = dict(os.environ)
+    subprocess.run(
+        [str(AIRFLOW), "dags", "reserialize"], env=env, capture_output=True, check=True, timeout=300
+    )
+    result = subprocess.run(
+        [
+            str(AIRFLOW),
+            "backfill",
+            "create",
+            "--dag-id",
+            "t120_reduce",
+            "--from-date",
+            "2023-05-10",
+            "--to-date",
+            "2023-05-13",
+            "--dry-run",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    rows = re.findall(r"^\| (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\+00:00) ", result.stdout, re.M)
+    moments = [dt.datetime.fromisoformat(row) for row in rows]
+    assert [night_of(m) for m in moments] == ["2023-05-10", "2023-05-11", "2023-05-12"], (
+        result.stdout
+    )
