@@ -125,6 +125,7 @@ def _setup(layout: NightLayout, report: Reporter, link: bool) -> None:
 def _reduce(layout: NightLayout, report: Reporter, options: dict[str, bool]) -> None:
     report("info", f"Parsing configuration file `{layout.config_file.name}`.")
     inventory = steps.load_inventory(layout)
+    steps.remove_temporaries(layout)
     for problem in inventory.quarantined:
         report("warning", f"{problem.path} {problem.reason}: left out at setup.")
     if report.verbose:

@@ -83,7 +83,7 @@ def setup_night(
     )
     if working_copies:
         _make_working_copies(layout, inventory, link=working_copies == "link")
-    removed = prune_stale_products(layout, inventory)
+    removed = prune_stale_products(layout, inventory) + remove_temporaries(layout)
     for path in removed:
         log("verbose", f"  Removed stale product `{path}`.")
     return {
@@ -142,6 +142,20 @@ def prune_stale_products(layout: NightLayout, inventory: Inventory) -> list[Path
             if match and not wanted(match):
                 path.unlink()
                 removed.append(path)
+    return removed
+
+
+def remove_temporaries(layout: NightLayout) -> list[Path]:
+    """Delete the hidden `.<name>.part` files a killed writer left in the product folders.
+
+    Call it only when no other writer works on the night (at setup, or at the start of the
+    single-process CLI): a live writer's temporary file looks the same.
+    """
+    removed = []
+    for folder in (layout.masters, layout.cosmetic, layout.stacked, layout.out_dir):
+        for path in folder.glob(".*.part") if folder.is_dir() else []:
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

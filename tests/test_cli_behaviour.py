@@ -239,3 +239,37 @@ def test_version_and_help(small_night):
     for option in ("--setup", "--clear", "--clearall", "--interpolate", "--tmppng", "--stkpng"):
         assert option in helptext.stdout
     assert "--nomaster" in helptext.stdout and "--nostack" in helptext.stdout
+
+
+def test_killed_run_leaves_no_partial_product(small_night):
+    """A reduction killed at any moment leaves only complete products; a rerun finishes cleanly."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import ASTRO_REDUCE
+
+    run_cli(small_night, "--setup")
+    for delay in (1.5, 2.5):
+        process = subprocess.Popen(
+            [str(ASTRO_REDUCE), "-i", "-t", "-r", "--overwrite"],
+            cwd=small_night,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        products = [
+            p
+            for p in small_night.glob("*/*.fits")
+            if p.parent.name in ("ar_masters", "ar_cosmetic", "stacked")
+        ]
+        if products:
+            fitsverify(products)
+    leftover = small_night / "ar_cosmetic" / ".M-67_V_60000_x_aux.fits.abc123.part"
+    leftover.write_bytes(b"half a file")  # what a kill during a write leaves
+    result = run_cli(small_night, "-i", "-t", "-r")
+    assert result.returncode == 0, result.stderr
+    assert _stacks(small_night) == SMALL_GROUPS
+    assert not list(small_night.rglob("*.part"))
