@@ -61,6 +61,11 @@ class Frame:
     sha256: str = ""
     date_obs: str = ""
     nonfinite: int = 0
+    size: int = 0  # bytes, with mtime_ns: lets a new inventory reuse this record unread
+    mtime_ns: int = 0
+    shape: tuple[int, int] = (0, 0)
+    raw_object: str = ""  # OBJECT and FILTER as written in the header
+    raw_filter: str = ""
 
     @property
     def id(self) -> str:
@@ -142,7 +147,9 @@ class Inventory:
         if payload.get("version") != INVENTORY_VERSION:
             raise ValueError(f"unsupported inventory version {payload.get('version')!r}")
         return cls(
-            frames=[Frame(**f) for f in payload["frames"]],
+            frames=[
+                Frame(**{**f, "shape": tuple(f.get("shape", (0, 0)))}) for f in payload["frames"]
+            ],
             quarantined=[Problem(**p) for p in payload["quarantined"]],
             warnings=list(payload["warnings"]),
             shape=tuple(payload["shape"]) if payload["shape"] else None,
@@ -180,8 +187,8 @@ def find_raw_files(night_dir: Path) -> tuple[list[str], list[str]]:
     return found, ignored
 
 
-def inspect(night_dir: Path, relative: str) -> tuple[Frame, tuple[int, int], str, str]:
-    """Read and validate one raw file; returns the frame, its shape and raw OBJECT/FILTER.
+def inspect(night_dir: Path, relative: str) -> Frame:
+    """Read and validate one raw file.
 
     Raises FrameError or camera.HeaderError with the reason.
     """
@@ -202,6 +209,7 @@ def inspect(night_dir: Path, relative: str) -> tuple[Frame, tuple[int, int], str
     nonfinite = int(np.count_nonzero(~np.isfinite(raw.data)))
     if nonfinite > MAX_NONFINITE_FRACTION * raw.data.size:
         raise FrameError(f"has {nonfinite} NaN or infinite pixels of {raw.data.size}")
+    stat = (night_dir / relative).stat()
     frame = Frame(
         path=relative,
         kind=kind,
@@ -211,29 +219,42 @@ def inspect(night_dir: Path, relative: str) -> tuple[Frame, tuple[int, int], str
         sha256=raw.sha256,
         date_obs=str(header.get("DATE-OBS", "")),
         nonfinite=nonfinite,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        shape=(int(raw.data.shape[0]), int(raw.data.shape[1])),
+        raw_object=raw_object,
+        raw_filter=raw_filter,
     )
-    shape = (int(raw.data.shape[0]), int(raw.data.shape[1]))
-    return frame, shape, raw_object, raw_filter
+    return frame
 
 
-def take_inventory(night_dir: Path) -> Inventory:
-    """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/."""
+def take_inventory(night_dir: Path, previous: Inventory | None = None) -> Inventory:
+    """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/.
+
+    Frames of `previous` whose file has the same size and modification time are reused without
+    reading them again (reading every frame of a night costs more than the rest of a rerun);
+    every step checks the SHA-256 when it reads a frame, so a change is still caught.
+    """
     night_dir = Path(night_dir)
     paths, ignored = find_raw_files(night_dir)
+    known = {f.path: f for f in previous.frames} if previous else {}
     inventory = Inventory(warnings=ignored)
     candidates: list[tuple[Frame, tuple[int, int]]] = []
     raw_names: dict[tuple[str, str], set[str]] = defaultdict(set)
     for relative in paths:
-        try:
-            frame, shape, raw_object, raw_filter = inspect(night_dir, relative)
-        except (FrameError, camera.HeaderError) as exc:
-            inventory.quarantined.append(Problem(relative, str(exc)))
-            continue
-        candidates.append((frame, shape))
+        frame = known.get(relative)
+        if not _unchanged(night_dir, frame):
+            try:
+                frame = inspect(night_dir, relative)
+            except (FrameError, camera.HeaderError) as exc:
+                inventory.quarantined.append(Problem(relative, str(exc)))
+                continue
+        assert frame is not None
+        candidates.append((frame, frame.shape))
         if frame.kind == "object":
-            raw_names[("OBJECT", frame.object)].add(raw_object)
+            raw_names[("OBJECT", frame.object)].add(frame.raw_object)
         if frame.kind != "dark":
-            raw_names[("FILTER", frame.filter)].add(raw_filter)
+            raw_names[("FILTER", frame.filter)].add(frame.raw_filter)
     if candidates:
         inventory.shape = _night_shape([shape for _, shape in candidates])
     for frame, shape in candidates:
@@ -246,6 +267,17 @@ def take_inventory(night_dir: Path) -> Inventory:
     inventory.quarantined.sort(key=lambda p: p.path)
     inventory.warnings.extend(_name_warnings(raw_names))
     return inventory
+
+
+def _unchanged(night_dir: Path, frame: Frame | None) -> bool:
+    """True when a previously inventoried file still has the same size and mtime."""
+    if frame is None or not frame.size:
+        return False
+    try:
+        stat = (night_dir / frame.path).stat()
+    except OSError:
+        return False
+    return stat.st_size == frame.size and stat.st_mtime_ns == frame.mtime_ns
 
 
 def _night_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:

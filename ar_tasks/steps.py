@@ -71,7 +71,7 @@ def setup_night(
             f"Did not find folder {', '.join(missing)} in `{layout.raw_dir}`: a night folder "
             "must hold DARK, FLAT and ORIGINAL."
         )
-    inventory = take_inventory(layout.raw_dir)
+    inventory = take_inventory(layout.raw_dir, previous=_previous_inventory(layout))
     for problem in inventory.quarantined:
         log("error", f"{problem.path} {problem.reason}: left out.")
     for warning in inventory.warnings:
@@ -97,6 +97,13 @@ def setup_night(
         "removed_stale": [str(p) for p in removed],
         "shape": list(inventory.shape) if inventory.shape else None,
     }
+
+
+def _previous_inventory(layout: NightLayout) -> Inventory | None:
+    try:
+        return Inventory.from_json(layout.inventory_file.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _make_working_copies(layout: NightLayout, inventory: Inventory, link: bool) -> None:
