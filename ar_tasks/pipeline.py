@@ -24,8 +24,18 @@ MANIFEST = "manifest.json"
 NIGHT_RECORDS = ("setup", "masters")
 
 
+def check_roots(raw_root: str, products_root: str) -> None:
+    """Refuse roots this version cannot use, before any work starts."""
+    for name, root in (("raw_root", raw_root), ("products_root", products_root)):
+        if root.startswith("s3://"):
+            raise ValueError(f"{name} {root}: S3 storage is not supported yet; use a local path")
+        if not Path(root).is_absolute():
+            raise ValueError(f"{name} {root!r} must be an absolute path")
+
+
 def layout_for(raw_root: str, products_root: str, night: str) -> NightLayout:
     """The folders of one night in the archive and in the products tree."""
+    check_roots(raw_root, products_root)
     return NightLayout(Path(raw_root) / night, Path(products_root) / night)
 
 

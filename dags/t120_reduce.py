@@ -77,10 +77,11 @@ def t120_reduce() -> None:
     @task
     def list_nights() -> list[str]:
         """Nights in the requested range that have raw data (others are skipped, not failed)."""
-        from ar_tasks import nights
+        from ar_tasks import nights, pipeline
 
         context = get_current_context()
         params = context["params"]
+        pipeline.check_roots(params["raw_root"], params["products_root"])
         start = context.get("data_interval_start")
         own = (
             nights.night_of(start)

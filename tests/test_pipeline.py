@@ -39,3 +39,12 @@ def test_group_failure_is_recorded_and_fails_the_night(roots, tmp_path):
     assert manifest["groups"]["NGC-2420_V_120000"]["status"] == "failed"
     assert any("120000ms" in p for p in manifest["problems"])
     assert manifest["parameters"] == {"interpolate": False}
+
+
+@pytest.mark.parametrize(
+    ("raw", "products", "message"),
+    [("/raw", "s3://bucket/x", "S3 storage is not supported yet"), ("raw", "/p", "absolute")],
+)
+def test_unusable_roots_are_refused(raw, products, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.check_roots(raw, products)
