@@ -7,7 +7,7 @@ UV := $(BIN)/uv
 DEMO_DIR ?= demo_data
 DEMO_NIGHT ?= 2023-05-10
 
-.PHONY: install debian venv demo demo-cli airflow-init test lint lock clean
+.PHONY: install debian venv demo demo-cli airflow-init airflow airflow-stop test lint lock clean
 
 install: debian venv
 
@@ -61,6 +61,13 @@ demo-cli: install
 # Migrate the embedded metadata database (.airflow/) and create the pools.
 airflow-init: install
 	scripts/airflow-init.sh
+
+# airflow standalone on http://127.0.0.1:8080 (AIRFLOW_PORT=...), detached; prints the login.
+airflow: install
+	scripts/airflow-standalone.sh start
+
+airflow-stop:
+	scripts/airflow-standalone.sh stop
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
