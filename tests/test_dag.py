@@ -227,3 +227,20 @@ def test_backfill_dry_run_lists_one_run_per_night(dag):
     assert [night_of(m) for m in moments] == ["2023-05-10", "2023-05-11", "2023-05-12"], (
         result.stdout
     )
+
+
+def test_single_night_run_like_a_scheduled_one(dag, small_archive, tmp_path):
+    """One night per run (scheduled runs and backfills): the mapped night group has a single
+    instance, whose result reaches the collector as a bare dict."""
+    state = _run(
+        dag,
+        first_night="2023-05-10",
+        raw_root=str(small_archive),
+        products_root=str(tmp_path / "products"),
+        png=False,
+    )
+    assert state == "success"
+    night = tmp_path / "products" / "2023-05-10"
+    assert {p.stem for p in (night / "stacked").glob("*.fits")} == set(GROUPS)
+    assert not list(night.rglob("*.png"))
+    assert json.loads((night / "manifest.json").read_text())["status"] == "success"
