@@ -155,10 +155,10 @@ def _reduce(layout: NightLayout, report: Reporter, options: dict[str, bool]) -> 
             except steps.StepError as exc:
                 report("error", str(exc))
     if options["stkpng"]:
-        steps.make_previews(layout, masters_and_aux=False, stacks=True, log=report)
+        steps.make_previews(layout, masters_and_aux=False, stacks=True, overwrite=overwrite)
         report("info", "Writing PNG versions of stacked images... Done.")
     if options["tmppng"]:
-        steps.make_previews(layout, masters_and_aux=True, stacks=False, log=report)
+        steps.make_previews(layout, masters_and_aux=True, stacks=False, overwrite=overwrite)
         report("info", "Writing PNG versions of master and auxiliary images... Done.")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__, camera, steps
 from .fitsio import sha256_file, write_bytes_atomic
 from .layout import NightLayout
-from .previews import png_path, write_preview
+from .previews import refresh_previews
 
 QC_FOLDER = "ar_qc"
 MANIFEST = "manifest.json"
@@ -106,7 +106,7 @@ def masters_night(
         else:
             ready.append({"name": group.name, "label": f"{night} {group.label}"})
     if png:
-        _refresh_previews(sorted(layout.masters.glob("*.fits")), overwrite)
+        refresh_previews(sorted(layout.masters.glob("*.fits")), overwrite)
     result.update(night=night, blocked=blocked, seconds=round(time.monotonic() - started, 3))
     _record(layout, "masters", result)
     return {"night": night, "groups": ready, "problems": len(result["problems"])}
@@ -148,19 +148,8 @@ def previews_group(
     key = steps.GroupKey.parse(group)
     frames = steps.load_inventory(layout).groups().get(key, [])
     sources = [layout.stack(key)] + [layout.aux(f) for f in frames]
-    written = _refresh_previews([p for p in sources if p.is_file()], overwrite)
+    written = refresh_previews([p for p in sources if p.is_file()], overwrite)
     return {"night": night, "group": group, "written": len(written)}
-
-
-def _refresh_previews(sources: list[Path], overwrite: bool) -> list[str]:
-    """Write the PNG of each FITS file unless a newer one exists; returns the PNG names."""
-    written = []
-    for source in sources:
-        target = png_path(source)
-        if overwrite or not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
-            write_preview(source)
-            written.append(target.name)
-    return written
 
 
 def publish_night(

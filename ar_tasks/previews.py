@@ -75,3 +75,16 @@ def write_preview(fits_path: Path) -> Path:
     target = png_path(fits_path)
     write_bytes_atomic(target, render_png(data, target.stem))
     return target
+
+
+def refresh_previews(sources: list[Path], overwrite: bool = False) -> list[Path]:
+    """Write the PNG of each FITS file unless a newer PNG exists (it shows the same pixels).
+
+    Returns the PNGs written.
+    """
+    written = []
+    for source in sources:
+        target = png_path(source)
+        if overwrite or not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
+            written.append(write_preview(source))
+    return written

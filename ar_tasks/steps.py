@@ -34,7 +34,7 @@ from .fitsio import (
 )
 from .inventory import Frame, GroupKey, Inventory, take_inventory
 from .layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
-from .previews import png_path, write_preview
+from .previews import png_path, refresh_previews
 from .provenance import input_key, is_current, product_key, stamp
 
 Log = Callable[[str, str], None]  # (level, message); levels: info, verbose, warning, error
@@ -665,24 +665,18 @@ def _measure_shifts(
 
 
 def make_previews(
-    layout: NightLayout, masters_and_aux: bool, stacks: bool, log: Log = _quiet
+    layout: NightLayout, masters_and_aux: bool, stacks: bool, overwrite: bool = False
 ) -> dict:
-    """PNG quick-looks: masters and aux frames (--tmppng) and/or stacks (--stkpng).
-
-    A PNG newer than its FITS file is kept (it shows the same pixels).
-    """
+    """PNG quick-looks: masters and aux frames (--tmppng) and/or stacks (--stkpng)."""
     folders = ([layout.masters, layout.cosmetic] if masters_and_aux else []) + (
         [layout.stacked] if stacks else []
     )
-    written, kept = [], 0
-    for folder in folders:
-        for fits_path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
-            target = png_path(fits_path)
-            if target.is_file() and target.stat().st_mtime >= fits_path.stat().st_mtime:
-                kept += 1
-                continue
-            written.append(str(write_preview(fits_path).relative_to(layout.out_dir)))
-    return {"written": written, "kept": kept}
+    sources = [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.fits"))]
+    written = refresh_previews(sources, overwrite)
+    return {
+        "written": [str(p.relative_to(layout.out_dir)) for p in written],
+        "kept": len(sources) - len(written),
+    }
 
 
 def clear_night(layout: NightLayout, everything: bool = False) -> list[str]:
