@@ -33,7 +33,7 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
     max_active_tasks=4,
     tags=["t120", "reduction", "astro_reduce"],
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    default_args={"owner": "t120", "retries": 2, "retry_delay": dt.timedelta(minutes=1)},
     params={
         "first_night": Param(
             None,
