@@ -14,14 +14,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import astropy
+import numpy
+import scipy
+
 from . import __version__, camera, steps
 from .fitsio import sha256_file, write_bytes_atomic
 from .layout import NightLayout
 from .previews import refresh_previews
+from .provenance import stored_key
 
 QC_FOLDER = "ar_qc"
 MANIFEST = "manifest.json"
-NIGHT_RECORDS = ("setup", "masters")
 
 
 def check_roots(raw_root: str, products_root: str) -> None:
@@ -52,9 +56,8 @@ def _read_record(layout: NightLayout, name: str) -> dict[str, Any] | None:
         return None
 
 
-def _selected(group: str, objects: Iterable[str], filters: Iterable[str]) -> bool:
+def _selected(key: steps.GroupKey, objects: Iterable[str], filters: Iterable[str]) -> bool:
     """True when a group passes the optional object and filter restrictions (names sanitised)."""
-    key = steps.GroupKey.parse(group)
     wanted_objects = {camera.sanitize_object(o) for o in objects}
     wanted_filters = {camera.sanitize_filter(f) for f in filters}
     return (not wanted_objects or key.object in wanted_objects) and (
@@ -94,13 +97,9 @@ def masters_night(
     inventory = steps.load_inventory(layout)
     ready, blocked = [], {}
     for group in inventory.groups():
-        if not _selected(group.name, objects, filters):
+        if not _selected(group, objects, filters):
             continue
-        missing = [
-            p.name
-            for p in (layout.master_dark(group.exposure_ms), layout.master_flat(group.filter))
-            if not p.is_file()
-        ]
+        missing = steps.missing_masters(layout, group)
         if missing:
             blocked[group.name] = f"missing {', '.join(missing)}"
         else:
@@ -230,8 +229,6 @@ def publish_night(
 
 def _products(layout: NightLayout) -> list[dict[str, str]]:
     """Every FITS product of the night with its SHA-256 and provenance key."""
-    from .provenance import stored_key
-
     entries = []
     for folder in (layout.masters, layout.cosmetic, layout.stacked):
         for path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
@@ -246,10 +243,6 @@ def _products(layout: NightLayout) -> list[dict[str, str]]:
 
 
 def _versions() -> dict[str, str]:
-    import astropy
-    import numpy
-    import scipy
-
     return {
         "ar_tasks": __version__,
         "numpy": numpy.__version__,

@@ -141,7 +141,6 @@ class Correlator:
         if not np.any(reference):
             raise RegistrationError("the reference frame shows no sources above the noise")
         self._reference = fft.rfft2(reference, s=self._padded, workers=-1)
-        self._detection = reference
         self._stars = [
             c for c in (centroid(reference, y, x) for y, x in brightest_peaks(reference)) if c
         ]

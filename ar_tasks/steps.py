@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
 from .previews import png_path, refresh_previews
 from .provenance import input_key, is_current, product_key, stamp
 
+TEMPORARY_MAX_AGE = 600.0  # s: older temporary files were left by killed writers
 Log = Callable[[str, str], None]  # (level, message); levels: info, verbose, warning, error
 
 
@@ -107,8 +109,8 @@ def _previous_inventory(layout: NightLayout) -> Inventory | None:
 
 
 def _make_working_copies(layout: NightLayout, inventory: Inventory, link: bool) -> None:
-    for kind, folder in WORKING_FOLDERS.items():
-        directory = layout.out_dir / folder
+    for kind in WORKING_FOLDERS:
+        directory = layout.working_dir(kind)
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         for frame in inventory.of_kind(kind):
@@ -152,17 +154,19 @@ def prune_stale_products(layout: NightLayout, inventory: Inventory) -> list[Path
     return removed
 
 
-def remove_temporaries(layout: NightLayout) -> list[Path]:
-    """Delete the hidden `.<name>.part` files a killed writer left in the product folders.
+def remove_temporaries(layout: NightLayout, older_than: float = TEMPORARY_MAX_AGE) -> list[Path]:
+    """Delete the hidden `.<name>.part` files that killed writers left in the product folders.
 
-    Call it only when no other writer works on the night (at setup, or at the start of the
-    single-process CLI): a live writer's temporary file looks the same.
+    Only files older than `older_than` seconds go: a live writer finishes a product in seconds,
+    so its temporary file is never taken, whatever else runs on the night.
     """
+    deadline = time.time() - older_than
     removed = []
     for folder in (layout.masters, layout.cosmetic, layout.stacked, layout.out_dir):
         for path in folder.glob(".*.part") if folder.is_dir() else []:
-            path.unlink(missing_ok=True)
-            removed.append(path)
+            if path.stat().st_mtime < deadline:
+                path.unlink(missing_ok=True)
+                removed.append(path)
     return removed
 
 
@@ -466,18 +470,24 @@ def _group_frames(layout: NightLayout, group_name: str) -> tuple[GroupKey, list[
     return group, frames
 
 
+def missing_masters(layout: NightLayout, group: GroupKey) -> list[str]:
+    """Names of the master dark and flat a group needs that do not exist."""
+    needed = (layout.master_dark(group.exposure_ms), layout.master_flat(group.filter))
+    return [path.name for path in needed if not path.is_file()]
+
+
 def calibrate_group(
     layout: NightLayout, group_name: str, overwrite: bool = False, log: Log = _quiet
 ) -> dict:
     """Write the aux frames of one group: (raw - master dark) / master flat."""
     group, frames = _group_frames(layout, group_name)
-    dark_path, flat_path = layout.master_dark(group.exposure_ms), layout.master_flat(group.filter)
-    absent = [p.name for p in (dark_path, flat_path) if not p.is_file()]
+    absent = missing_masters(layout, group)
     if absent:
         raise StepError(
             f"Master files are missing for ({group.exposure_ms}ms, {group.filter}): "
             f"{', '.join(absent)}."
         )
+    dark_path, flat_path = layout.master_dark(group.exposure_ms), layout.master_flat(group.filter)
     result: dict[str, Any] = {"group": group_name, "label": group.label, "problems": []}
     done = _calibrate_frames(layout, frames, dark_path, flat_path, overwrite, result, log)
     result["aux"] = [str(layout.aux(f).relative_to(layout.out_dir)) for f in done]

@@ -21,6 +21,15 @@ import os
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
 
 NIGHT_OR_EMPTY = {"type": ["null", "string"], "format": "date"}
+
+
+def _params(label: str) -> dict:
+    """The run's params, after naming this mapped instance (`map_index_template="{{ label }}"`)."""
+    context = get_current_context()
+    context["label"] = label  # type: ignore[typeddict-unknown-key]
+    return context["params"]
+
+
 PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
 
 
@@ -94,21 +103,19 @@ def t120_reduce() -> None:
         print(f"Nights {first}..{last} with raw data: {found or 'none'}")
         return found
 
-    @task(map_index_template="{{ night }}")
+    @task(map_index_template="{{ label }}")
     def inventory(night: str) -> dict:
         from ar_tasks import pipeline
 
-        params = get_current_context()["params"]
-        get_current_context()["night"] = night  # type: ignore[typeddict-unknown-key]
+        params = _params(night)
         return pipeline.inventory_night(params["raw_root"], params["products_root"], night)
 
-    @task(map_index_template="{{ night }}")
+    @task(map_index_template="{{ label }}")
     def masters(night_inventory: dict) -> dict:
         from ar_tasks import pipeline
 
-        params = get_current_context()["params"]
         night = night_inventory["night"]
-        get_current_context()["night"] = night  # type: ignore[typeddict-unknown-key]
+        params = _params(night)
         return pipeline.masters_night(
             params["raw_root"],
             params["products_root"],
@@ -139,8 +146,7 @@ def t120_reduce() -> None:
     def calibrate_and_stack(night: str, group: str, label: str) -> dict:
         from ar_tasks import pipeline
 
-        params = get_current_context()["params"]
-        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
+        params = _params(label)
         return pipeline.reduce_group(
             params["raw_root"],
             params["products_root"],
@@ -153,16 +159,14 @@ def t120_reduce() -> None:
     @task(pool="astrometry", map_index_template="{{ label }}")
     def astrometry(reduced: dict, label: str) -> dict:
         """Plate solving per group, in the `astrometry` pool (only mode 'none' so far)."""
-        params = get_current_context()["params"]
-        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
+        params = _params(label)
         return {**reduced, "astrometry": params["astrometry"]}
 
     @task(map_index_template="{{ label }}")
     def previews(solved: dict, label: str) -> dict:
         from ar_tasks import pipeline
 
-        params = get_current_context()["params"]
-        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
+        params = _params(label)
         if not params["png"]:
             return {**solved, "previews": 0}
         return pipeline.previews_group(
@@ -177,15 +181,14 @@ def t120_reduce() -> None:
     def per_group(night: str, group: str, label: str) -> dict:
         return previews(astrometry(calibrate_and_stack(night, group, label), label), label)
 
-    @task(trigger_rule="all_done", map_index_template="{{ night }}")
+    @task(trigger_rule="all_done", map_index_template="{{ label }}")
     def publish(night: str) -> dict:
         """Write the night's manifest; fail this night's branch if anything in it failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from ar_tasks import pipeline
 
-        params = get_current_context()["params"]
-        get_current_context()["night"] = night  # type: ignore[typeddict-unknown-key]
+        params = _params(night)
         summary = pipeline.publish_night(
             params["raw_root"], params["products_root"], night, dict(params)
         )

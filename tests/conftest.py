@@ -24,6 +24,11 @@ NIGHT = "2023-05-10"
 ASTRO_REDUCE = Path(sys.executable).with_name("astro_reduce")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the throw-away Airflow home."""
+    shutil.rmtree(os.environ["AIRFLOW_HOME"], ignore_errors=True)
+
+
 def run_cli(night_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the installed console script in a night folder, as a user would."""
     return subprocess.run(

@@ -5,11 +5,16 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from conftest import fitsverify, run_cli
+from conftest import ASTRO_REDUCE, fitsverify, run_cli
+
+from ar_tasks.synthetic import NightSpec, load_truth, write_night
 
 SMALL_GROUPS = {
     "M-67_R_60000",
@@ -213,8 +218,6 @@ def test_raw_frame_changed_after_setup_is_refused(small_night):
 
 def test_large_dithers_are_registered_and_warned_about(tmp_path):
     """5.1.3's ghost warning above 15% of the field, and large shifts still found exactly."""
-    from ar_tasks.synthetic import NightSpec, load_truth, write_night
-
     night = write_night(tmp_path, NightSpec(size=256, frames_per_group=3, max_dither_px=60, seed=5))
     run_cli(night, "--setup")
     result = run_cli(night, "-i")
@@ -243,12 +246,6 @@ def test_version_and_help(small_night):
 
 def test_killed_run_leaves_no_partial_product(small_night):
     """A reduction killed at any moment leaves only complete products; a rerun finishes cleanly."""
-    import signal
-    import subprocess
-    import time
-
-    from conftest import ASTRO_REDUCE
-
     run_cli(small_night, "--setup")
     for delay in (1.5, 2.5):
         process = subprocess.Popen(
@@ -259,17 +256,21 @@ def test_killed_run_leaves_no_partial_product(small_night):
         )
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
         products = [
             p
             for p in small_night.glob("*/*.fits")
             if p.parent.name in ("ar_masters", "ar_cosmetic", "stacked")
         ]
-        if products:
-            fitsverify(products)
+        assert products  # the kill came after some products were written
+        fitsverify(products)
     leftover = small_night / "ar_cosmetic" / ".M-67_V_60000_x_aux.fits.abc123.part"
-    leftover.write_bytes(b"half a file")  # what a kill during a write leaves
+    leftover.write_bytes(b"half a file")  # what a kill during a write leaves ...
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))  # ... some time ago (a fresh one may be a live writer's)
+    fresh = small_night / "ar_cosmetic" / ".M-67_V_60000_y_aux.fits.def456.part"
+    fresh.write_bytes(b"being written")
     result = run_cli(small_night, "-i", "-t", "-r")
     assert result.returncode == 0, result.stderr
     assert _stacks(small_night) == SMALL_GROUPS
-    assert not list(small_night.rglob("*.part"))
+    assert list(small_night.rglob("*.part")) == [fresh]

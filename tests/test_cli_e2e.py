@@ -62,7 +62,7 @@ def test_cosmic_rays_are_rejected_in_stacks(full_night):
     reference = truth.frame(header["ARREF"])
     shifts = history_shifts(header)
     sky = truth.sky_rate["V"] * 60
-    worst = 0.0
+    worst, checked = 0.0, 0
     for path, (dy, dx) in shifts.items():
         for x, y, _ in truth.frame(path)["cosmic_pixels"]:
             ty, tx = round(y + dy), round(x + dx)
@@ -70,7 +70,9 @@ def test_cosmic_rays_are_rejected_in_stacks(full_night):
                 local = np.nanmedian(data[max(ty - 3, 0) : ty + 4, max(tx - 3, 0) : tx + 4])
                 if local < 1.5 * sky:  # on sky, not on a star
                     worst = max(worst, data[ty, tx] - local)
-    assert reference and worst < 8 * np.sqrt(sky), worst
+                    checked += 1
+    assert reference and checked >= 20, checked  # hits of hundreds to thousands of ADU
+    assert worst < 8 * np.sqrt(sky), worst
 
 
 def test_rerun_reuses_products_and_overwrite_recomputes_identically(full_night):
