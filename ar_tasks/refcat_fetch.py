@@ -29,6 +29,7 @@ from astropy.coordinates import angular_separation
 from astropy.io import fits
 
 from .fitsio import set_card, write_bytes_atomic
+from .refcat import CatalogueError
 
 GAIA_DR3 = "I/355/gaiadr3"
 SERVER_ENV = "AR_VIZIER_SERVER"
@@ -41,7 +42,7 @@ _EXTNAME = "REFCAT"
 log = logging.getLogger(__name__)
 
 
-class RefcatError(ValueError):
+class RefcatError(CatalogueError):
     """A reference catalogue that could not be obtained; the message names the server and field."""
 
 
