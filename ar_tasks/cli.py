@@ -8,13 +8,16 @@ exit status is non-zero when anything failed, and a log file is kept beside the 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__, steps
+from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
 
@@ -31,7 +34,25 @@ OPTION_ORDER = (
     "nostack",
     "overwrite",
     "link",
+    "astromatic",
+    "sex",
+    "psfex",
+    "sexagain",
+    "scamp",
+    "astrometrynet_local",
+    "astrometrynet_online",
+    "forceimg",
+    "astrometryonly",
 )
+ASTROMETRY_SETTINGS = {
+    "refcat": "refcat",
+    "refcat_cache": "refcat_cache",
+    "astref_catalog": "astref_catalog",
+    "anet_index": "index_dir",
+    "astro_config": "config_dir",
+    "tool_timeout": "timeout",
+    "cpulimit": "cpulimit",
+}
 
 
 class Reporter:
@@ -79,7 +100,46 @@ class Reporter:
 @click.option("--nostack", is_flag=True, help="Calibrate only; do not stack.")
 @click.option("--overwrite", is_flag=True, help="Recompute products even when they are current.")
 @click.option("--link", is_flag=True, help="With --setup: link working files instead of copying.")
-def cli(**options: bool) -> None:
+@click.option("-m", "--astromatic", is_flag=True, help="All of --sex --psfex --sexagain --scamp.")
+@click.option("--sex", is_flag=True, help="SExtractor catalogues into SEXRES/.")
+@click.option("--psfex", is_flag=True, help="PSFEx models (PSFRES/); implies --sex.")
+@click.option("--sexagain", is_flag=True, help="SExtractor again with the PSF; implies --psfex.")
+@click.option("--scamp", is_flag=True, help="SCAMP astrometry into reduced/; implies --sex.")
+@click.option(
+    "-nl", "--astrometrynet_local", is_flag=True, help="Solve with solve-field (cancels -m)."
+)
+@click.option(
+    "-no", "--astrometrynet_online", is_flag=True, help="Solve on nova.astrometry.net (cancels -m)."
+)
+@click.option("--forceimg", is_flag=True, help="With -no/-nl: send the image, not a source list.")
+@click.option("--astrometryonly", is_flag=True, help="Only the astrometry, on existing products.")
+@click.option(
+    "--refcat",
+    type=click.Path(exists=True, dir_okay=False),
+    help="SCAMP reference catalogue: a FITS table with RA, DEC, MAG [env AR_REFCAT].",
+)
+@click.option(
+    "--refcat-cache",
+    type=click.Path(file_okay=False),
+    help="Folder of per-field Gaia DR3 catalogues, fetched once from VizieR [env AR_REFCAT_CACHE].",
+)
+@click.option(
+    "--astref-catalog", help="Online catalogue SCAMP queries otherwise (default GAIA-EDR3)."
+)
+@click.option(
+    "--anet-index",
+    type=click.Path(exists=True, file_okay=False),
+    help="astrometry.net index folder for -nl [env AR_ANET_INDEX_DIR].",
+)
+@click.option(
+    "--astro-config",
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of your own t120.sex/.psfex/.scamp... [env AR_ASTROMATIC_CONFIGS].",
+)
+@click.option("--tool-timeout", type=float, help="Seconds allowed per external program (120).")
+@click.option("--cpulimit", type=float, help="CPU seconds solve-field may spend per image (30).")
+@click.option("--jobs", type=int, default=0, help="Images solved at once (default: CPU count).")
+def cli(**options: Any) -> None:
     """Reduce an OHP T120 night: master darks and flats, calibrated (aux) frames, stacks.
 
     Run `astro_reduce --setup` once in the night folder, then `astro_reduce [options]`.
@@ -94,6 +154,7 @@ def cli(**options: bool) -> None:
         fg="cyan",
     )
     given = [name for name in OPTION_ORDER if options[name]]
+    given += [f"{name}={options[name]}" for name in ASTROMETRY_SETTINGS if options[name]]
     click.secho(f"Currently working in directory `{night.name}`.", fg="green")
     click.secho(f"Options: {', '.join(given)}.", fg="green")
     if options["clearall"] or options["clear"]:
@@ -122,7 +183,7 @@ def _setup(layout: NightLayout, report: Reporter, link: bool) -> None:
     report("info", "Done.")
 
 
-def _reduce(layout: NightLayout, report: Reporter, options: dict[str, bool]) -> None:
+def _reduce(layout: NightLayout, report: Reporter, options: dict[str, Any]) -> None:
     report("info", f"Parsing configuration file `{layout.config_file.name}`.")
     inventory = steps.load_inventory(layout)
     steps.remove_temporaries(layout)
@@ -130,6 +191,70 @@ def _reduce(layout: NightLayout, report: Reporter, options: dict[str, bool]) -> 
         report("warning", f"{problem.path} {problem.reason}: left out at setup.")
     if report.verbose:
         _files_found(inventory, report)
+    astro = _astrometry_options(options, report)
+    if options["astrometryonly"]:
+        if not astro.requested:
+            raise steps.StepError("--astrometryonly needs an astrometric option (-m, -nl, -no...).")
+        _astrometry(layout, [g.name for g in inventory.groups()], astro, report, options)
+        return
+    _cosmetic(layout, inventory, report, options)
+    if astro.requested:
+        _astrometry(layout, [g.name for g in inventory.groups()], astro, report, options)
+
+
+def _astrometry_options(options: dict[str, Any], report: Reporter) -> AstrometryOptions:
+    """The astrometry flags with the README's implications, and their settings."""
+    settings = {
+        field: options[name] for name, field in ASTROMETRY_SETTINGS.items() if options[name]
+    }
+    astro = AstrometryOptions.from_flags(
+        astromatic=options["astromatic"],
+        sex=options["sex"],
+        psfex=options["psfex"],
+        sexagain=options["sexagain"],
+        scamp=options["scamp"],
+        local=options["astrometrynet_local"],
+        online=options["astrometrynet_online"],
+        forceimg=options["forceimg"],
+        overwrite=options["overwrite"],
+        **settings,
+    )
+    local_or_online = options["astrometrynet_local"] or options["astrometrynet_online"]
+    if local_or_online and (options["astromatic"] or options["scamp"]):
+        report("warning", "-nl/-no replace SCAMP: -m and --scamp are ignored.")
+    if astro.requested:
+        steps_run = [n for n in ("sex", "psfex", "sexagain", "scamp") if getattr(astro, n)]
+        report("info", f"Astrometry: {', '.join(steps_run) or 'no catalogue'}; "
+               f"solver: {astro.solver or 'none (catalogues only)'}.")  # fmt: skip
+    return astro
+
+
+def _astrometry(
+    layout: NightLayout,
+    groups: list[str],
+    astro: AstrometryOptions,
+    report: Reporter,
+    options: dict[str, Any],
+) -> None:
+    report("info", "Astrometric reduction:")
+    jobs = options["jobs"] or os.cpu_count() or 1
+    for name in groups:
+        try:
+            result = steps.solve_group(
+                layout, name, astro, log=report, include_stack=not options["nostack"], jobs=jobs
+            )
+        except steps.StepError as exc:
+            report("error", str(exc))
+            continue
+        counts = ", ".join(
+            f"{result[s]} {s}" for s in ("solved", "catalogued", "reused", "failed") if result[s]
+        )
+        report("info", f"  {name}: {counts}.")
+
+
+def _cosmetic(
+    layout: NightLayout, inventory: Inventory, report: Reporter, options: dict[str, Any]
+) -> None:
     overwrite = options["overwrite"]
     if options["nomaster"]:
         if not layout.masters.is_dir():

@@ -15,13 +15,14 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
 
-from . import calibration, masters, registration
+from . import astrometry, calibration, masters, registration
 from .combine import FrameStack, median_noise_factor
 from .fitsio import (
     FrameError,
@@ -39,6 +40,7 @@ from .previews import png_path, refresh_previews
 from .provenance import input_key, is_current, product_key, stamp
 
 TEMPORARY_MAX_AGE = 600.0  # s: older temporary files were left by killed writers
+SCRATCH_MAX_AGE = 6 * 3600.0  # s: an astrometry scratch folder may wait on a slow web service
 Log = Callable[[str, str], None]  # (level, message); levels: info, verbose, warning, error
 
 
@@ -162,11 +164,15 @@ def remove_temporaries(layout: NightLayout, older_than: float = TEMPORARY_MAX_AG
     """
     deadline = time.time() - older_than
     removed = []
-    for folder in (layout.masters, layout.cosmetic, layout.stacked, layout.out_dir):
+    folders = (layout.masters, layout.cosmetic, layout.stacked, layout.out_dir)
+    folders += tuple(layout.out_dir / name for name in (*ASTROMATIC_FOLDERS, REDUCED))
+    for folder in folders:
         for path in folder.glob(".*.part") if folder.is_dir() else []:
             if path.stat().st_mtime < deadline:
                 path.unlink(missing_ok=True)
                 removed.append(path)
+    if layout.out_dir.is_dir():
+        removed += astrometry.remove_scratch(layout.out_dir, SCRATCH_MAX_AGE)
     return removed
 
 
@@ -668,6 +674,68 @@ def _measure_shifts(
             log("warning", f"{frames[index].path}: {exc}; left out of the stack.")
             failed.add(index)
     return shifts, failed
+
+
+# ----------------------------------------------------------------------------------------------
+# Astrometry of one group
+
+
+def astrometry_images(layout: NightLayout, group_name: str, include_stack: bool = True) -> list:
+    """The aux frames of a group that exist, then its stack (when asked and present)."""
+    group, frames = _group_frames(layout, group_name)
+    images = [layout.aux(f) for f in frames if layout.aux(f).is_file()]
+    if include_stack and layout.stack(group).is_file():
+        images.append(layout.stack(group))
+    return images
+
+
+def solve_group(
+    layout: NightLayout,
+    group_name: str,
+    options: astrometry.AstrometryOptions,
+    log: Log = _quiet,
+    include_stack: bool = True,
+    jobs: int = 1,
+) -> dict:
+    """Astrometry of one group's aux frames and stack; one failed image does not stop the rest.
+
+    The external programs are single-threaded, so `jobs` images are solved at once.
+    """
+    images = astrometry_images(layout, group_name, include_stack)
+    if not images:
+        raise StepError(f"No calibrated frame or stack of {group_name} to solve.")
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        records = list(
+            pool.map(lambda p: astrometry.solve_image(layout.out_dir, p, options, log), images)
+        )
+    result: dict[str, Any] = {"group": group_name, "solver": options.solver, "images": records}
+    for status in ("solved", "failed", "reused", "catalogued"):
+        result[status] = sum(r["status"] == status for r in records)
+    result["problems"] = []
+    for record in records:
+        name = Path(record["image"]).name
+        if record["status"] == "failed":
+            message = f"{name}: astrometry failed: {record.get('reason', 'unknown reason')}"
+            result["problems"].append(_problem(log, message))
+        else:
+            log("verbose", f"    {name}: {_describe(record)}")
+    return result
+
+
+def _describe(record: dict) -> str:
+    """One line for a solved, catalogued or reused image."""
+    if record["status"] == "reused":
+        return f"{record['product']} is current: reused."
+    if record["status"] == "catalogued":
+        return f"catalogue {record['product']} ({record['seconds']} s)."
+    stats = record.get("stats", {})
+    figures = []
+    if "matched_references" in stats:
+        figures.append(f"{stats['matched_references']} references")
+    if stats.get("sigma_arcsec"):
+        figures.append(f'scatter {max(stats["sigma_arcsec"]):.3f}"')
+    detail = f" ({', '.join(figures)})" if figures else ""
+    return f"solved by {record['solver']}{detail} in {record['seconds']} s -> {record['product']}."
 
 
 # ----------------------------------------------------------------------------------------------

@@ -289,6 +289,23 @@ def nominal_wcs_keywords(ra0: float, dec0: float, size: int) -> dict[str, Any]:
     }
 
 
+def perturbed_wcs_keywords(
+    keywords: dict[str, Any], rotation_deg: float, scale: float
+) -> dict[str, Any]:
+    """The keywords with the CD matrix rotated on the sky and scaled.
+
+    The true camera angle and plate scale of a field are never exactly the nominal ones, so
+    an astrometric solver seeded with the nominal CD matrix must find them.
+    """
+    theta = math.radians(rotation_deg)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    cd = np.array([[keywords["CD1_1"], keywords["CD1_2"]], [keywords["CD2_1"], keywords["CD2_2"]]])
+    new = scale * rot @ cd
+    out = dict(keywords)
+    out.update({f"CD{i + 1}_{j + 1}": float(new[i, j]) for i in range(2) for j in range(2)})
+    return out
+
+
 def frame_wcs(wcs_keywords: dict[str, Any], dx: float = 0.0, dy: float = 0.0) -> WCS:
     """The WCS of a frame dithered by (dx, dy): the nominal one with CRPIX moved by (+dx, +dy)."""
     header = fits.Header(wcs_keywords)
@@ -307,7 +324,12 @@ def _make_field(name: str, spec: NightSpec) -> _Field:
     size = spec.size
     rng = _rng(spec.seed, "field", name)
     ra0, dec0 = field_centre(name)
-    keywords = nominal_wcs_keywords(ra0, dec0, size)
+    optics = _rng(spec.seed, "optics", name)
+    keywords = perturbed_wcs_keywords(
+        nominal_wcs_keywords(ra0, dec0, size),
+        rotation_deg=float(optics.uniform(-0.4, 0.4)),
+        scale=float(optics.uniform(0.997, 1.003)),
+    )
     half = 0.65 * size * PIXEL_SCALE_ARCSEC / 3600
     n_field = max(20, round(rng.uniform(150, 250) * (size / NAXIS) ** 2))
     n = round(n_field * 1.3**2)
