@@ -19,6 +19,7 @@ import numpy
 import scipy
 
 from . import __version__, camera, steps
+from .astrometry import REDUCED, AstrometryOptions
 from .fitsio import sha256_file, write_bytes_atomic
 from .layout import NightLayout
 from .previews import refresh_previews
@@ -139,6 +140,38 @@ def reduce_group(
     }
 
 
+def astrometry_group(
+    raw_root: str,
+    products_root: str,
+    night: str,
+    group: str,
+    mode: str,
+    settings: dict[str, Any] | None = None,
+    stack: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Solve one group's aux frames and stack by `mode` (see astrometry.MODES).
+
+    `settings` are AstrometryOptions fields (refcat, index_dir, online_settings...). An image
+    that does not solve is recorded (and fails the night in its manifest), not raised: another
+    attempt would give the same answer, and the other images are still solved.
+    """
+    started = time.monotonic()
+    layout = layout_for(raw_root, products_root, night)
+    options = AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {}))
+    if not options.requested:
+        return {"night": night, "group": group, "astrometry": "none"}
+    result = steps.solve_group(layout, group, options, include_stack=stack)
+    result.update(mode=mode, seconds=round(time.monotonic() - started, 3))
+    _record(layout, f"astrometry_{group}", result)
+    return {
+        "night": night,
+        "group": group,
+        "astrometry": mode,
+        **{k: result[k] for k in ("solved", "failed", "reused", "catalogued")},
+    }
+
+
 def previews_group(
     raw_root: str, products_root: str, night: str, group: str, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -182,6 +215,16 @@ def publish_night(
         stack_qc = record.get("stack") or {}
         if stack_qc and not stack_qc.get("reused"):
             recomputed.append(stack_qc["file"])
+    astrometry: dict[str, Any] = {}
+    for key in inventory.groups():
+        solved = _read_record(layout, f"astrometry_{key.name}")
+        if solved is None or solved.get("mode") != parameters.get("astrometry"):
+            continue
+        astrometry[key.name] = solved
+        problems += solved.get("problems", [])
+        recomputed += [
+            r["product"] for r in solved["images"] if r["status"] in ("solved", "catalogued")
+        ]
     for kind in ("darks", "interpolated", "flats"):
         for qc in masters.get(kind, {}).values():
             if not qc.get("reused"):
@@ -207,6 +250,7 @@ def publish_night(
         "warnings": setup.get("warnings", []),
         "masters": {k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
         "groups": groups,
+        "astrometry": astrometry,
         "problems": problems,
         "recomputed": sorted(set(recomputed)),
         "products": _products(layout),
@@ -214,6 +258,7 @@ def publish_night(
             "setup": setup.get("seconds"),
             "masters": masters.get("seconds"),
             "groups": {n: g.get("seconds") for n, g in groups.items() if "seconds" in g},
+            "astrometry": {n: a.get("seconds") for n, a in astrometry.items()},
         },
     }
     payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -230,7 +275,8 @@ def publish_night(
 def _products(layout: NightLayout) -> list[dict[str, str]]:
     """Every FITS product of the night with its SHA-256 and provenance key."""
     entries = []
-    for folder in (layout.masters, layout.cosmetic, layout.stacked):
+    folders = (layout.masters, layout.cosmetic, layout.stacked, layout.out_dir / REDUCED)
+    for folder in folders:
         for path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
             entries.append(
                 {

@@ -1,5 +1,5 @@
 """
-### t120_reduce: cosmetic reduction of OHP T120 nights
+### t120_reduce: cosmetic and astrometric reduction of OHP T120 nights
 
 One scheduled run per observing night: the run whose data interval starts at local noon
 (Europe/Paris) on day D reduces night **D** (its evening), once the night has ended, at noon on
@@ -8,8 +8,10 @@ years are reprocessed with `airflow backfill create` (see README).
 
 Shape: list the nights with raw data → per night: inventory, masters → collect the
 (night, group) pairs → per (night, group): calibrate and stack, astrometry (pool `astrometry`),
-previews → per night: publish `manifest.json`. Every task calls one `ar_tasks` function and
-passes small dicts through XCom. Products: `<products_root>/<night>/` in astro_reduce's layout.
+previews → per night: publish `manifest.json`. Astrometry (param `astrometry`) writes
+`reduced/` with the solved WCS; an image that does not solve fails its night's manifest.
+Every task calls one `ar_tasks` function and passes small dicts through XCom.
+Products: `<products_root>/<night>/` in astro_reduce's layout.
 A night whose masters are missing fails only its own branch, with the reason in its manifest.
 """
 
@@ -28,6 +30,44 @@ def _params(label: str) -> dict:
     context = get_current_context()
     context["label"] = label  # type: ignore[typeddict-unknown-key]
     return context["params"]
+
+
+def _astrometry_settings(params: dict) -> dict:
+    """AstrometryOptions fields from the params; the API key from the connection, never
+    from params (they are shown in the UI and stored in the manifest)."""
+    settings = {
+        field: params[name]
+        for name, field in (
+            ("refcat", "refcat"),
+            ("refcat_cache", "refcat_cache"),
+            ("anet_index", "index_dir"),
+        )
+        if params[name]
+    }
+    if params["astrometry"] == "astrometrynet_online":
+        from ar_tasks.anet_online import OnlineSettings
+
+        key, server = _astrometry_net_credentials(params["astrometry_net_conn_id"])
+        settings["online_settings"] = OnlineSettings(api_key=key, server=server)
+    return settings
+
+
+def _astrometry_net_credentials(conn_id: str) -> tuple[str, str]:
+    """(API key, server URL) from an Airflow connection; empty values fall back to the
+    environment (AR_ASTROMETRY_NET_API_KEY, AR_ASTROMETRY_NET_URL) in ar_tasks."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return "", ""
+    host = conn.host or ""
+    if host and "://" not in host:
+        host = f"{conn.schema or 'https'}://{host}"
+    if host and conn.port:
+        host = f"{host}:{conn.port}"
+    return conn.password or "", host
 
 
 PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
@@ -71,8 +111,36 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
         "interpolate": Param(True, type="boolean", title="Interpolate missing master darks"),
         "stack": Param(True, type="boolean", title="Align and stack each group"),
         "png": Param(True, type="boolean", title="PNG quick-looks"),
-        # The astrometric issue adds "astromatic", "astrometry.net-local", "-online".
-        "astrometry": Param("none", type="string", enum=["none"], title="Astrometric reduction"),
+        "astrometry": Param(
+            "none",
+            type="string",
+            enum=["none", "astromatic", "astrometrynet_local", "astrometrynet_online"],
+            title="Astrometric reduction",
+            description="astromatic: SExtractor, PSFEx, SExtractor with the PSF, SCAMP. "
+            "astrometrynet_local: solve-field with the index folder below. "
+            "astrometrynet_online: nova.astrometry.net (key: connection below).",
+        ),
+        "refcat": Param(
+            os.environ.get("AR_REFCAT", ""),
+            type="string",
+            title="SCAMP reference catalogue file (FITS table with RA, DEC, MAG)",
+            description="Empty: the per-field cache below, else SCAMP queries GAIA-EDR3 online.",
+        ),
+        "refcat_cache": Param(
+            os.environ.get("AR_REFCAT_CACHE", ""),
+            type="string",
+            title="Folder of per-field Gaia DR3 catalogues (fetched once, then reused)",
+        ),
+        "anet_index": Param(
+            os.environ.get("AR_ANET_INDEX_DIR", ""),
+            type="string",
+            title="astrometry.net index folder (empty: /usr/share/astrometry)",
+        ),
+        "astrometry_net_conn_id": Param(
+            "astrometry_net",
+            type="string",
+            title="Connection holding the astrometry.net API key (password) and server (host)",
+        ),
         "objects": Param(
             [], type="array", items={"type": "string"}, title="Only these objects (empty: all)"
         ),
@@ -158,9 +226,23 @@ def t120_reduce() -> None:
 
     @task(pool="astrometry", map_index_template="{{ label }}")
     def astrometry(reduced: dict, label: str) -> dict:
-        """Plate solving per group, in the `astrometry` pool (only mode 'none' so far)."""
+        """Plate solving of the group's aux frames and stack, in the `astrometry` pool."""
+        from ar_tasks import pipeline
+
         params = _params(label)
-        return {**reduced, "astrometry": params["astrometry"]}
+        if params["astrometry"] == "none":
+            return {**reduced, "astrometry": "none"}
+        solved = pipeline.astrometry_group(
+            params["raw_root"],
+            params["products_root"],
+            reduced["night"],
+            reduced["group"],
+            params["astrometry"],
+            _astrometry_settings(params),
+            stack=params["stack"],
+            overwrite=params["overwrite"],
+        )
+        return {**reduced, **solved}
 
     @task(map_index_template="{{ label }}")
     def previews(solved: dict, label: str) -> dict:

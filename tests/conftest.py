@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,4 +75,67 @@ def small_night(small_archive: Path, tmp_path: Path) -> Path:
     """A private copy of the small night, in its own folder (so escapes can be detected)."""
     night_dir = tmp_path / "nights" / NIGHT
     shutil.copytree(small_archive / NIGHT, night_dir)
+    return night_dir
+
+
+ASTRO_SPEC = NightSpec(
+    night=NIGHT,
+    darks=((60.0, 3), (120.0, 3)),
+    flats=(("V", 5.0, 3), ("R", 5.0, 3)),
+    science=(("M 67", "V", 60.0, 3), ("NGC 2420", "R", 120.0, 3)),
+)
+
+
+class AstroArchive:
+    """A pristine 1024^2 raw night of two fields (3 frames each), its truth, a reference
+    catalogue of both fields (what a Gaia cut would be) and astrometry.net indexes built from
+    it. Nothing of the true WCS goes to the solvers: only stars, as a catalogue would give."""
+
+    def __init__(self, root: Path) -> None:
+        from ar_tasks.refcat import Catalogue, build_index, write_star_table
+
+        self.root = root
+        self.raw = root / "raw"
+        self.night_dir = write_night(self.raw, ASTRO_SPEC)
+        self.truth = load_truth(self.raw / "_truth" / NIGHT)
+        self.catalogues = {}
+        for name, fld in self.truth.fields.items():
+            stars = fld["stars"]
+            band = next(iter(stars[0]["flux"]))
+            self.catalogues[name] = Catalogue(
+                np.array([s["ra"] for s in stars]),
+                np.array([s["dec"] for s in stars]),
+                np.array([25 - 2.5 * np.log10(s["flux"][band]) for s in stars]),
+                name,
+            )
+        both = list(self.catalogues.values())
+        self.everything = Catalogue(
+            *(np.concatenate([getattr(c, a) for c in both]) for a in ("ra", "dec", "mag")),
+            "both fields",
+        )
+        self.refcat = write_star_table(root / "refcat.fits", self.everything)
+        self.index = build_index(self.everything, root / "index")
+
+
+@pytest.fixture(scope="session")
+def astro_archive(tmp_path_factory: pytest.TempPathFactory) -> AstroArchive:
+    return AstroArchive(tmp_path_factory.mktemp("astro"))
+
+
+@pytest.fixture(scope="session")
+def astro_reduced(astro_archive: AstroArchive, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The astrometry night set up and cosmetically reduced by the CLI (`-i`), pristine."""
+    night_dir = tmp_path_factory.mktemp("astro_reduced") / NIGHT
+    shutil.copytree(astro_archive.night_dir, night_dir)
+    for args in (["--setup"], ["-i"]):
+        result = run_cli(night_dir, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return night_dir
+
+
+@pytest.fixture
+def astro_night(astro_reduced: Path, tmp_path: Path) -> Path:
+    """A private copy of the cosmetically reduced astrometry night."""
+    night_dir = tmp_path / NIGHT
+    shutil.copytree(astro_reduced, night_dir, symlinks=True)
     return night_dir

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 from conftest import REPO, fitsverify
 from truth_checks import (
     GROUPS,
@@ -244,3 +245,71 @@ def test_single_night_run_like_a_scheduled_one(dag, small_archive, tmp_path):
     assert {p.stem for p in (night / "stacked").glob("*.fits")} == set(GROUPS)
     assert not list(night.rglob("*.png"))
     assert json.loads((night / "manifest.json").read_text())["status"] == "success"
+
+
+def _astrometry_run(dag, astro_archive, products: Path, mode: str, **extra) -> dict:
+    state = _run(
+        dag,
+        first_night=NIGHTS[0],
+        raw_root=str(astro_archive.raw),
+        products_root=str(products),
+        png=False,
+        astrometry=mode,
+        **extra,
+    )
+    manifest = json.loads((products / NIGHTS[0] / "manifest.json").read_text())
+    assert state == "success", manifest["problems"]
+    return manifest
+
+
+def test_dag_astrometry_routes_match_truth(dag, astro_archive, tmp_path, monkeypatch):
+    """The DAG's astrometry task runs the mode chosen in params per (night, group): the
+    Astromatic chain, then solve-field, then the web API (a local stand-in, key and server
+    from an Airflow connection); every reduced/ WCS matches the truth."""
+    from nova_standin import NovaStandin
+    from truth_checks import wcs_error_arcsec
+
+    products = tmp_path / "products"
+    night = products / NIGHTS[0]
+    expected = 8  # two groups: three aux frames and a stack each
+    config = tmp_path / "standin.cfg"
+    config.write_text(f"inparallel\ncpulimit 30\nadd_path {astro_archive.index}\nautoindex\n")
+    with NovaStandin(config) as standin:
+        port = standin.url.rsplit(":", 1)[1]
+        connection = {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "schema": "http",
+            "port": int(port),
+            "password": "dag-key",
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_ASTROMETRY_NET", json.dumps(connection))
+        routes = [
+            ("astromatic", {"refcat": str(astro_archive.refcat)}, "SCAMP"),
+            (
+                "astrometrynet_local",
+                {"anet_index": str(astro_archive.index)},
+                "astrometry.net local",
+            ),
+            ("astrometrynet_online", {}, "astrometry.net online"),
+        ]
+        for mode, extra, solver in routes:
+            manifest = _astrometry_run(dag, astro_archive, products, mode, **extra)
+            solved = manifest["astrometry"]
+            assert sum(g["solved"] for g in solved.values()) == expected, (mode, solved)
+            reduced = sorted((night / "reduced").glob("*.fits"))
+            assert len(reduced) == expected
+            for path in reduced:
+                assert fits.getheader(path)["ASTSOLVR"].startswith(solver)
+                assert wcs_error_arcsec(path, astro_archive.truth)[0] < 0.1, (mode, path.name)
+            listed = {p["path"] for p in manifest["products"]}
+            assert {f"reduced/{p.name}" for p in reduced} <= listed
+        assert ("POST", "/api/login") in standin.requests
+        # A rerun with the same mode reuses every solution: nothing is sent again.
+        sent = len(standin.requests)
+        manifest = _astrometry_run(dag, astro_archive, products, "astrometrynet_online")
+        assert sum(g["reused"] for g in manifest["astrometry"].values()) == expected
+        assert not [p for p in manifest["recomputed"] if p.startswith("reduced/")]
+        assert len(standin.requests) == sent
+    fitsverify(reduced)
+    assert "dag-key" not in (night / "manifest.json").read_text()

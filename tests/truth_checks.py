@@ -162,3 +162,26 @@ def star_checks(data, truth, reference, filt, seconds):
         if len(errors) == 10:
             break
     return np.array(errors), np.array(ratios)
+
+
+def wcs_error_arcsec(reduced: Path, truth) -> tuple[float, float]:
+    """(RMS, max) separation in arcsec between a reduced file's WCS and the true WCS of the
+    frame its pixels are on (an aux frame's own dither; a stack's alignment reference),
+    over a 21 x 21 grid of the image."""
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    header = fits.getheader(reduced)
+    source = header.get("ARRAW") or header["ARREF"]
+    entry = truth.frame(source)
+    true_wcs = truth.wcs(entry["object"], entry["dx"], entry["dy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        solved = WCS(header)
+    grid = np.linspace(0, header["NAXIS1"] - 1, 21)
+    x, y = (a.ravel() for a in np.meshgrid(grid, grid))
+    ra1, dec1 = solved.all_pix2world(x, y, 0)
+    ra2, dec2 = true_wcs.all_pix2world(x, y, 0)
+    sep = np.hypot((ra1 - ra2) * np.cos(np.radians(dec2)), dec1 - dec2) * 3600
+    return float(np.sqrt(np.mean(sep**2))), float(sep.max())
