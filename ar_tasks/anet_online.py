@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from .wcs_headers import celestial
+
 API_KEY_ENV = "AR_ASTROMETRY_NET_API_KEY"
 SERVER_ENV = "AR_ASTROMETRY_NET_URL"
 DEFAULT_SERVER = "https://nova.astrometry.net"
@@ -113,6 +115,7 @@ def solve(
     submission: int | None = None
     delay = settings.backoff
     last_error = ""
+    attempt = 0
     for attempt in range(1, settings.attempts + 1):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -121,7 +124,7 @@ def solve(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = _attempt(client, submission, sources, image, shape, hints, remaining)
-        except Exception as exc:
+        except Exception as exc:  # astroquery raises anything from JSON to HTTP errors
             submission = _submission_of(exc) or submission
             last_error = f"{type(exc).__name__}: {exc}"
             if _permanent(exc):
@@ -131,9 +134,16 @@ def solve(
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay *= 2
             continue
-        if result:
-            return fits.Header(result), ""
-        return None, "astrometry.net found no solution"
+        answer, submission = result
+        if not answer:
+            return None, "astrometry.net found no solution"
+        header = fits.Header(answer)
+        if celestial(header) is not None:
+            return header, ""
+        # astroquery accepts any body for the WCS download (an error page, say): fetch again.
+        last_error = "the WCS file downloaded is not a WCS"
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay *= 2
     raise OnlineError(
         f"{settings.resolved_server()}: no answer after {attempt} attempt(s) within "
         f"{settings.timeout:.0f} s ({last_error or 'timed out'})"
@@ -148,8 +158,9 @@ def _attempt(
     shape: tuple[int, int],
     hints: dict[str, Any],
     remaining: float,
-) -> Any:
-    common = {"solve_timeout": remaining, "verbose": False}
+) -> tuple[Any, int]:
+    """One submission (or one more wait on an earlier one): (WCS header or {}, submission)."""
+    common = {"solve_timeout": remaining, "verbose": False, "return_submission_id": True}
     if submission is not None:
         return client.monitor_submission(submission, **common)
     if sources is not None:

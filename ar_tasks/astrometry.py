@@ -54,6 +54,10 @@ def _quiet(level: str, message: str) -> None:
     """Default log: say nothing."""
 
 
+class UnusableSolution(ValueError):
+    """A solver reported success but its header holds no usable WCS."""
+
+
 @dataclass(frozen=True)
 class AstrometryOptions:
     """Which astrometric steps to run and with what references; see the module docstring."""
@@ -216,7 +220,7 @@ def solve_image(out_dir: Path, image: Path, options: AstrometryOptions, log: Log
         _keep(outcome, out_dir, work, image.stem)
     except (externals.ToolError, refcat.CatalogueError, HeaderError, ConfigError) as exc:
         outcome = _Outcome("failed", str(exc))
-    except anet_online.OnlineError as exc:
+    except (anet_online.OnlineError, UnusableSolution) as exc:
         outcome = _Outcome("failed", str(exc))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -381,7 +385,10 @@ def _write_reduced(image: Path, target: Path, outcome: _Outcome, key: str) -> No
     """reduced/<name>: the image with its WCS replaced by the solution, written atomically."""
     assert outcome.solution is not None
     data, header = read_product(image)
-    merged = merge_wcs(header, outcome.solution)
+    try:
+        merged = merge_wcs(header, outcome.solution)
+    except ValueError as exc:
+        raise UnusableSolution(f"{outcome.solver}: {exc}") from exc
     set_card(merged, "ASTSOLVR", outcome.solver, "astrometric solver")
     stats = outcome.stats
     if "matched_references" in stats:

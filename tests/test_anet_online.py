@@ -44,6 +44,15 @@ def test_transient_errors_are_retried(standin, sources):
     assert standin.requests[:2] == [("POST", "/api/login")] * 2  # two 503s, then the answer
 
 
+def test_an_error_page_instead_of_the_wcs_is_not_taken_for_a_solution(standin, sources):
+    """astroquery turns any body of the WCS download into a Header: it must be checked."""
+    standin.fail_next(1, status=502, path="/wcs_file")
+    header, _ = solve(_settings(standin), (1024, 1024), 0.77, None, sources)
+    assert header is not None and header["CTYPE2"].startswith("DEC--TAN")
+    assert len([p for _, p in standin.requests if p.startswith("/wcs_file")]) == 2
+    assert [p for _, p in standin.requests if p == "/api/url_upload"] == ["/api/url_upload"]
+
+
 def test_a_hung_service_ends_within_the_budget(standin, sources):
     standin.hang_jobs = True
     started = time.monotonic()
