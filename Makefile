@@ -7,6 +7,11 @@ UV := $(BIN)/uv
 DEMO_DIR ?= demo_data
 DEMO_NIGHT ?= 2023-05-10
 
+DEMO_ROOT = $(CURDIR)/$(DEMO_DIR)
+DEMO_CONF = {"first_night": "2023-05-10", "last_night": "2023-05-11", \
+  "raw_root": "$(DEMO_ROOT)/raw", "products_root": "$(DEMO_ROOT)/products", \
+  "astrometry": "astromatic", "refcat": "$(DEMO_ROOT)/refcat.fits"}
+
 .PHONY: install debian venv demo demo-cli airflow-init airflow airflow-stop test lint lock clean
 
 install: debian venv
@@ -36,15 +41,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 lock: $(VENV)/.installed
 	$(UV) pip compile -q requirements.in --python-version 3.11 -o requirements.txt
 
-# The main job on the embedded default: two synthetic nights reduced by the DAG on SQLite.
+# The main job on the embedded default: two synthetic nights reduced by the DAG on SQLite,
+# astrometry by SCAMP against the synthetic fields' star catalogue (offline).
 demo: install
 	@rm -rf $(DEMO_DIR)
-	$(BIN)/python -m ar_tasks.synthetic --root $(DEMO_DIR)/raw --night 2023-05-10 --night 2023-05-11
+	$(BIN)/python -m ar_tasks.synthetic --root $(DEMO_DIR)/raw --night 2023-05-10 --night 2023-05-11 \
+	  --refcat $(DEMO_DIR)/refcat.fits
 	AIRFLOW_HOME=$(CURDIR)/$(DEMO_DIR)/airflow scripts/airflow-init.sh
 	@echo "airflow dags test t120_reduce (log: $(DEMO_DIR)/dags_test.log) ..."
 	@source scripts/airflow-env.sh && export AIRFLOW_HOME=$(CURDIR)/$(DEMO_DIR)/airflow && \
-	  SECONDS=0 && airflow dags test t120_reduce 2023-05-12 -c \
-	  '{"first_night": "2023-05-10", "last_night": "2023-05-11", "raw_root": "$(CURDIR)/$(DEMO_DIR)/raw", "products_root": "$(CURDIR)/$(DEMO_DIR)/products"}' \
+	  export AR_ASTROMETRY_JOBS=2 && SECONDS=0 && airflow dags test t120_reduce 2023-05-12 -c '$(DEMO_CONF)' \
 	  > $(DEMO_DIR)/dags_test.log 2>&1 || { tail -40 $(DEMO_DIR)/dags_test.log; exit 1; }; \
 	  echo "airflow dags test took $$SECONDS s"
 	@grep -o "DagRun Finished: dag_id=t120_reduce.*state=[a-z]*" $(DEMO_DIR)/dags_test.log | sed 's/logical_date.*state=/state=/'

@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,9 @@ class Reporter:
 )
 @click.option("--tool-timeout", type=float, help="Seconds allowed per external program (120).")
 @click.option("--cpulimit", type=float, help="CPU seconds solve-field may spend per image (30).")
+@click.option(
+    "--online-timeout", type=float, help="Seconds per image with -no, retries included (600)."
+)
 @click.option("--jobs", type=int, default=0, help="Images solved at once (default: CPU count).")
 def cli(**options: Any) -> None:
     """Reduce an OHP T120 night: master darks and flats, calibrated (aux) frames, stacks.
@@ -219,6 +223,9 @@ def _astrometry_options(options: dict[str, Any], report: Reporter) -> Astrometry
         overwrite=options["overwrite"],
         **settings,
     )
+    if options["online_timeout"]:
+        online = replace(astro.online_settings, timeout=options["online_timeout"])
+        astro = replace(astro, online_settings=online)
     local_or_online = options["astrometrynet_local"] or options["astrometrynet_online"]
     if local_or_online and (options["astromatic"] or options["scamp"]):
         report("warning", "-nl/-no replace SCAMP: -m and --scamp are ignored.")

@@ -9,6 +9,7 @@ written last. Reruns are cheap because the steps reuse products whose provenance
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ from .previews import refresh_previews
 from .provenance import stored_key
 
 QC_FOLDER = "ar_qc"
+JOBS_ENV = "AR_ASTROMETRY_JOBS"  # images one astrometry task solves at once (default 1)
 MANIFEST = "manifest.json"
 
 
@@ -161,7 +163,8 @@ def astrometry_group(
     options = AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {}))
     if not options.requested:
         return {"night": night, "group": group, "astrometry": "none"}
-    result = steps.solve_group(layout, group, options, include_stack=stack)
+    jobs = int(os.environ.get(JOBS_ENV, "1"))
+    result = steps.solve_group(layout, group, options, include_stack=stack, jobs=jobs)
     result.update(mode=mode, seconds=round(time.monotonic() - started, 3))
     _record(layout, f"astrometry_{group}", result)
     return {

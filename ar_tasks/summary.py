@@ -8,14 +8,14 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from .layout import COSMETIC, MASTERS, STACKED
+from .layout import COSMETIC, MASTERS, REDUCED, STACKED
 
 
 def summarise(night_dir: Path) -> str:
     """Human-readable summary of the products under a night folder."""
     night_dir = Path(night_dir).resolve()
     lines = [f"Products of {night_dir.name} in {night_dir}:"]
-    for folder in (MASTERS, COSMETIC, STACKED):
+    for folder in (MASTERS, COSMETIC, STACKED, REDUCED):
         path = night_dir / folder
         fits_files = sorted(path.glob("*.fits")) if path.is_dir() else []
         pngs = sorted(path.glob("*.png")) if path.is_dir() else []
@@ -31,9 +31,16 @@ def summarise(night_dir: Path) -> str:
         lines += [f"  problem: {problem}" for problem in record["problems"]]
     for stack in sorted((night_dir / STACKED).glob("*.fits")):
         header = fits.getheader(stack)
+        solved = night_dir / REDUCED / stack.name
+        wcs = ""
+        if solved.is_file():
+            solution = fits.getheader(solved)
+            wcs = f", WCS by {solution['ASTSOLVR']}"
+            if "ASTSIGMA" in solution:
+                wcs += f' ({solution.get("ASTNREF", "?")} stars, {solution["ASTSIGMA"]:.3f}")'
         lines.append(
             f"    {stack.name:<28} {header.get('NCOMBINE', 1):2d} frames, "
-            f"reference {header.get('ARREF', '?')}"
+            f"reference {header.get('ARREF', '?')}{wcs}"
         )
     return "\n".join(lines)
 

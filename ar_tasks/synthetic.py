@@ -48,6 +48,7 @@ from ar_tasks.camera import (
     SATURATION_ADU,
     sanitize_filter,
 )
+from ar_tasks.refcat import Catalogue, write_star_table
 
 # Camera model (ADU unless said).
 GAIN_E_PER_ADU = 1.2
@@ -723,6 +724,28 @@ def load_truth(truth_dir: str | os.PathLike[str]) -> Truth:
     )
 
 
+def field_catalogue(truth: Truth, name: str) -> Catalogue:
+    """A field's stars as a reference catalogue gives them: RA, Dec and a magnitude (from the
+    flux in the field's first filter), nothing of the true WCS."""
+    stars = truth.fields[name]["stars"]
+    band = next(iter(stars[0]["flux"]))
+    return Catalogue(
+        np.array([s["ra"] for s in stars]),
+        np.array([s["dec"] for s in stars]),
+        np.array([25 - 2.5 * np.log10(s["flux"][band]) for s in stars]),
+        name,
+    )
+
+
+def reference_catalogue(truth: Truth) -> Catalogue:
+    """Every field of a night in one catalogue (what a Gaia cut of the nights would be)."""
+    parts = [field_catalogue(truth, name) for name in truth.fields]
+    return Catalogue(
+        *(np.concatenate([getattr(c, a) for c in parts]) for a in ("ra", "dec", "mag")),
+        "synthetic fields",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Public writers
 
@@ -784,6 +807,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sky-scale", type=float, default=1.0)
     parser.add_argument("--exposure-keyword", choices=EXPOSURE_KEYWORDS, default="EXPTIME")
     parser.add_argument("--truth-root", type=Path, default=None)
+    parser.add_argument(
+        "--refcat", type=Path, default=None, help="also write the fields' star catalogue here"
+    )
     return parser.parse_args(argv)
 
 
@@ -800,6 +826,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for night_dir in write_archive(args.root, args.night, base, args.truth_root):
         n_frames = sum(len(list((night_dir / f).glob("*.fits"))) for f in FOLDER.values())
         print(f"{night_dir} {n_frames} frames")
+    if args.refcat is not None:
+        truth_root = args.truth_root or args.root / TRUTH_DIRNAME
+        catalogue = reference_catalogue(load_truth(truth_root / args.night[0]))
+        write_star_table(args.refcat, catalogue)
+        print(f"{args.refcat} {len(catalogue)} reference stars")
     return 0
 
 

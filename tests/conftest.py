@@ -9,7 +9,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,27 +91,15 @@ class AstroArchive:
     it. Nothing of the true WCS goes to the solvers: only stars, as a catalogue would give."""
 
     def __init__(self, root: Path) -> None:
-        from ar_tasks.refcat import Catalogue, build_index, write_star_table
+        from ar_tasks.refcat import build_index, write_star_table
+        from ar_tasks.synthetic import field_catalogue, reference_catalogue
 
         self.root = root
         self.raw = root / "raw"
         self.night_dir = write_night(self.raw, ASTRO_SPEC)
         self.truth = load_truth(self.raw / "_truth" / NIGHT)
-        self.catalogues = {}
-        for name, fld in self.truth.fields.items():
-            stars = fld["stars"]
-            band = next(iter(stars[0]["flux"]))
-            self.catalogues[name] = Catalogue(
-                np.array([s["ra"] for s in stars]),
-                np.array([s["dec"] for s in stars]),
-                np.array([25 - 2.5 * np.log10(s["flux"][band]) for s in stars]),
-                name,
-            )
-        both = list(self.catalogues.values())
-        self.everything = Catalogue(
-            *(np.concatenate([getattr(c, a) for c in both]) for a in ("ra", "dec", "mag")),
-            "both fields",
-        )
+        self.catalogues = {name: field_catalogue(self.truth, name) for name in self.truth.fields}
+        self.everything = reference_catalogue(self.truth)
         self.refcat = write_star_table(root / "refcat.fits", self.everything)
         self.index = build_index(self.everything, root / "index")
 
