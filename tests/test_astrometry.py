@@ -214,3 +214,27 @@ def _run_with_env(night: Path, env: dict[str, str], *args: str):
         text=True,
         timeout=600,
     )
+
+
+def test_scamp_with_per_field_catalogues_fetched_once(astro_night, astro_archive, tmp_path):
+    """--refcat-cache: each field's Gaia stars are fetched once (here from a local VizieR
+    serving the synthetic fields) and every later run is offline."""
+    from vizier_standin import FakeVizier, gaia_table
+
+    stars = astro_archive.everything
+    cache = tmp_path / "refcat_cache"
+    vizier = FakeVizier(gaia_table(stars.ra, stars.dec, stars.mag))
+    try:
+        env = {"AR_VIZIER_SERVER": vizier.server}
+        args = ["--scamp", "--astrometryonly", "--refcat-cache", str(cache), "--jobs", "1"]
+        result = _run_with_env(astro_night, env, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(vizier.requests) == 2  # one per field, shared by its frames and stack
+        cached = sorted(p.name for p in cache.glob("*.fits"))
+        assert len(cached) == 2 and all(name.startswith("gaiadr3_") for name in cached)
+        _check_solutions(astro_night, astro_archive.truth, "SCAMP")
+        again = _run_with_env(astro_night, env, *args, "--overwrite")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert len(vizier.requests) == 2  # reprocessing is offline
+    finally:
+        vizier.close()

@@ -7,14 +7,11 @@ and the retries are all exercised without the internet.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +19,8 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import angular_separation
 from astropy.io import fits
-from astropy.io.votable import from_table, writeto
 from astropy.table import Table
+from vizier_standin import FakeVizier, gaia_table
 
 from ar_tasks.refcat_fetch import (
     GAIA_DR3,
@@ -34,8 +31,6 @@ from ar_tasks.refcat_fetch import (
 )
 
 RA0, DEC0 = 132.8, 11.8
-UNITS = {"RA_ICRS": "deg", "DE_ICRS": "deg", "e_RA_ICRS": "mas", "e_DE_ICRS": "mas"}
-UNITS |= {"Gmag": "mag", "e_Gmag": "mag"}
 
 
 def _synthetic_stars(n: int = 4000, seed: int = 7) -> Table:
@@ -43,93 +38,22 @@ def _synthetic_stars(n: int = 4000, seed: int = 7) -> Table:
     rng = np.random.default_rng(seed)
     radius = 0.7 * np.sqrt(rng.uniform(0, 1, n))
     angle = rng.uniform(0, 2 * np.pi, n)
-    stars = Table()
-    stars["RA_ICRS"] = RA0 + radius * np.cos(angle) / np.cos(np.radians(DEC0))
-    stars["DE_ICRS"] = DEC0 + radius * np.sin(angle)
-    stars["e_RA_ICRS"] = rng.uniform(0.01, 2.0, n)
-    stars["e_DE_ICRS"] = rng.uniform(0.01, 2.0, n)
-    stars["Gmag"] = rng.uniform(9.0, 21.5, n).astype(np.float32)
-    stars["e_Gmag"] = rng.uniform(0.0003, 0.05, n).astype(np.float32)
-    for name, unit in UNITS.items():
-        stars[name].unit = unit
-    return stars
+    return gaia_table(
+        RA0 + radius * np.cos(angle) / np.cos(np.radians(DEC0)),
+        DEC0 + radius * np.sin(angle),
+        rng.uniform(9.0, 21.5, n),
+        rng.uniform(0.01, 2.0, n),
+        rng.uniform(0.01, 2.0, n),
+        rng.uniform(0.0003, 0.05, n),
+    )
 
 
 STARS = _synthetic_stars()
 
 
-def _parse_script(body: str) -> dict[str, str]:
-    """astroquery's VizieR query: one `key=value` (or bare `key`) per line."""
-    fields = {}
-    for line in body.splitlines():
-        key, _, value = line.partition("=")
-        fields[key] = value
-    return fields
-
-
-def _answer(fields: dict[str, str]) -> bytes:
-    """The VOTable VizieR would give: the catalogue's stars in the cone, filtered, projected."""
-    centre = re.fullmatch(r"([0-9.]+)([+-][0-9.]+)", fields["-c"])
-    assert centre, fields["-c"]
-    ra, dec = float(centre[1]), float(centre[2])
-    unit = next(u_ for key, u_ in (("-c.rd", u.deg), ("-c.rm", u.arcmin)) if key in fields)
-    radius = float(fields["-c.rd" if unit is u.deg else "-c.rm"]) * unit
-    sep = angular_separation(
-        STARS["RA_ICRS"].quantity, STARS["DE_ICRS"].quantity, ra * u.deg, dec * u.deg
-    )
-    keep = sep <= radius
-    limit = re.fullmatch(r"<([0-9.]+)", fields.get("Gmag", "<99"))
-    assert limit, fields["Gmag"]
-    keep &= STARS["Gmag"] < float(limit[1])
-    if fields.get("-source") != GAIA_DR3:
-        keep[:] = False
-    table = STARS[keep][fields["-out"].split(",")]
-    votable = from_table(table)
-    votable.get_first_table().name = fields.get("-source", "")
-    buffer = io.BytesIO()
-    writeto(votable, buffer)
-    return buffer.getvalue()
-
-
-class FakeVizier:
-    """A VizieR on 127.0.0.1 over plain http; answers `statuses` first, then VOTables."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.statuses: list[int] = []
-        self.always: int | None = None
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-                fields = _parse_script(body)
-                fake.requests.append((self.path, fields))
-                status = fake.always or (fake.statuses.pop(0) if fake.statuses else 200)
-                payload = _answer(fields) if status == 200 else b"Service Unavailable"
-                self.send_response(status)
-                self.send_header("Content-Type", "text/xml" if status == 200 else "text/plain")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def vizier() -> Iterator[FakeVizier]:
-    fake = FakeVizier()
+    fake = FakeVizier(STARS)
     yield fake
     fake.close()
 
