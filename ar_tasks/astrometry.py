@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -430,8 +430,3 @@ def remove_scratch(out_dir: Path, older_than: float) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def with_overwrite(options: AstrometryOptions, overwrite: bool) -> AstrometryOptions:
-    """The same options with the overwrite switch set."""
-    return replace(options, overwrite=overwrite)
