@@ -275,7 +275,8 @@ def test_killed_run_leaves_no_partial_product(small_night):
     leftover = small_night / "ar_cosmetic" / ".M-67_V_60000_x_aux.fits.abc123.part"
     leftover.write_bytes(b"half a file")  # what a kill during a write leaves ...
     old = time.time() - 3600
-    os.utime(leftover, (old, old))  # ... some time ago (a fresh one may be a live writer's)
+    for path in small_night.rglob("*.part"):  # (with the kills' own, if any) ...
+        os.utime(path, (old, old))  # ... some time ago (a fresh one may be a live writer's)
     fresh = small_night / "ar_cosmetic" / ".M-67_V_60000_y_aux.fits.def456.part"
     fresh.write_bytes(b"being written")
     result = run_cli(small_night, "-i", "-t", "-r")
