@@ -126,3 +126,56 @@ def astro_night(astro_reduced: Path, tmp_path: Path) -> Path:
     night_dir = tmp_path / NIGHT
     shutil.copytree(astro_reduced, night_dir, symlinks=True)
     return night_dir
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (a real S3-protocol endpoint, not patched boto3)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{self._server._server.server_port}"
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self._buckets = 0
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def new_bucket(self) -> str:
+        self._buckets += 1
+        name = f"t120-test-{self._buckets}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server, with the standard AWS environment pointing at it for this test."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server

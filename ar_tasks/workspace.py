@@ -1,0 +1,113 @@
+"""A night's folders for one step, whatever the roots: local folders as they are, or an S3
+night mirrored into a scratch folder for the step and its products uploaded after it.
+
+Only what the step needs is downloaded (its raw files; its product folders, so provenance keys
+can be checked and current products reused). After the step, new and changed products are
+uploaded (SHA-256 compared), products the step deleted (stale ones) are deleted in S3, the
+manifest goes last, and the scratch folder is removed. Raw objects are only ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .layout import NightLayout
+from .storage import S3Settings, S3Store, is_s3, join, local_files, sha256_file
+
+SCRATCH_ENV = "AR_SCRATCH"  # where S3 nights are mirrored (default: the system temp folder)
+LAST = ("manifest.json",)
+
+
+@contextmanager
+def night_workspace(
+    raw_root: str,
+    products_root: str,
+    night: str,
+    raw_folders: Iterable[str] | None = None,
+    raw_files: Iterable[str] | None = None,
+    product_folders: Iterable[str] | None = None,
+    settings: S3Settings | None = None,
+) -> Iterator[NightLayout]:
+    """Yield the NightLayout a step works in.
+
+    `raw_files` (relative paths) or `raw_folders` choose which raw objects to download
+    (default: the whole night); `product_folders` which product folders (default: all).
+    """
+    if not is_s3(raw_root) and not is_s3(products_root):
+        yield NightLayout(Path(raw_root) / night, Path(products_root) / night)
+        return
+    store = S3Store(settings)
+    scratch = Path(tempfile.mkdtemp(prefix=f"ar_{night}_", dir=os.environ.get(SCRATCH_ENV)))
+    try:
+        raw_dir = Path(raw_root) / night
+        if is_s3(raw_root):
+            raw_dir = scratch / "raw"
+            _download_raw(store, join(raw_root, night), raw_dir, raw_folders, raw_files)
+        out_dir = Path(products_root) / night
+        before: dict[str, str] = {}
+        if is_s3(products_root):
+            out_dir = scratch / "products"
+            before = _download_products(store, join(products_root, night), out_dir, product_folders)
+        yield NightLayout(raw_dir, out_dir)
+        if is_s3(products_root):
+            publish_changes(store, out_dir, join(products_root, night), before)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _download_raw(
+    store: S3Store,
+    url: str,
+    folder: Path,
+    folders: Iterable[str] | None,
+    files: Iterable[str] | None,
+) -> None:
+    folder.mkdir(parents=True)
+    wanted_files = set(files) if files is not None else None
+    wanted_folders = set(folders) if folders is not None else None
+    for remote in store.list_files(url):
+        top = remote.relpath.split("/")[0]
+        if wanted_files is not None and remote.relpath not in wanted_files:
+            continue
+        if wanted_folders is not None and top not in wanted_folders:
+            continue
+        path = store.download(join(url, remote.relpath), folder / remote.relpath)
+        # The object's time, not the download's: a later inventory sees an unchanged file.
+        os.utime(path, ns=(remote.mtime_ns, remote.mtime_ns))
+
+
+def _download_products(
+    store: S3Store, url: str, folder: Path, folders: Iterable[str] | None
+) -> dict[str, str]:
+    """Download the chosen product folders (and the night's top-level files); return the
+    SHA-256 of everything downloaded, to tell afterwards what the step changed."""
+    folder.mkdir(parents=True)
+    wanted = set(folders) if folders is not None else None
+    before = {}
+    for remote in store.list_files(url):
+        parts = remote.relpath.split("/")
+        if wanted is not None and len(parts) > 1 and parts[0] not in wanted:
+            continue
+        path = store.download(join(url, remote.relpath), folder / remote.relpath)
+        before[remote.relpath] = sha256_file(path)
+    return before
+
+
+def publish_changes(store: S3Store, folder: Path, url: str, before: dict[str, str]) -> list[str]:
+    """Upload new and changed files, delete the ones the step removed; manifest last."""
+    now = local_files(folder)
+    changed = []
+    for rel, path in sorted(now.items(), key=lambda item: item[0] in LAST):
+        digest = sha256_file(path)
+        if before.get(rel) != digest:
+            store.upload(path, join(url, rel), digest)
+            changed.append(rel)
+    for rel in sorted(set(before) - set(now)):
+        store.delete(join(url, rel))
+        changed.append(rel)
+    return changed

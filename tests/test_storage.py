@@ -1,0 +1,96 @@
+"""Storage against moto's S3 server on 127.0.0.1: listing past 1000 keys, atomic uploads with
+their SHA-256, clear errors naming the URL, and the night workspace mirroring a step."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from ar_tasks.storage import S3Store, StorageError, join, split_s3
+from ar_tasks.workspace import night_workspace
+
+
+def test_urls():
+    assert split_s3("s3://bucket/a/b/") == ("bucket", "a/b")
+    assert split_s3("s3://bucket") == ("bucket", "")
+    assert join("s3://bucket/raw", "2023-05-10", "DARK/d.fits") == (
+        "s3://bucket/raw/2023-05-10/DARK/d.fits"
+    )
+    with pytest.raises(ValueError, match="no bucket"):
+        split_s3("s3:///x")
+
+
+def test_listing_nights_pages_past_1000_keys(s3):
+    bucket = s3.new_bucket()
+    client = s3.client()
+    nights = [f"2015-{1 + d // 28:02d}-{1 + d % 28:02d}" for d in range(336)]
+    for index, night in enumerate(nights * 4):  # 1344 objects, one prefix per night
+        client.put_object(Bucket=bucket, Key=f"raw/{night}/ORIGINAL/f{index}.fits", Body=b"x")
+    store = S3Store()
+    assert store.list_prefixes(f"s3://{bucket}/raw") == sorted(nights)
+    assert len(list(store.list_files(f"s3://{bucket}/raw"))) == 1344
+
+
+def test_upload_records_sha256_and_download_is_exact(s3, tmp_path):
+    bucket = s3.new_bucket()
+    payload = os.urandom(20 * 1024 * 1024 + 17)  # above the multipart threshold
+    local = tmp_path / "big.fits"
+    local.write_bytes(payload)
+    store = S3Store()
+    url = f"s3://{bucket}/products/big.fits"
+    store.upload(local, url)
+    assert store.sha256_of(url) == hashlib.sha256(payload).hexdigest()
+    back = store.download(url, tmp_path / "back" / "big.fits")
+    assert back.read_bytes() == payload
+    assert not list((tmp_path / "back").glob(".*"))
+
+
+def test_permanent_errors_name_the_url(s3, tmp_path):
+    store = S3Store()
+    with pytest.raises(StorageError, match=r"s3://no-such-bucket/raw: NoSuchBucket"):
+        list(store.list_files("s3://no-such-bucket/raw"))
+    with pytest.raises(StorageError, match="s3://no-such-bucket"):
+        store.check_bucket("s3://no-such-bucket")
+    bucket = s3.new_bucket()
+    with pytest.raises(StorageError, match=rf"s3://{bucket}/absent.fits: 404"):
+        store.download(f"s3://{bucket}/absent.fits", tmp_path / "x.fits")
+
+
+def test_workspace_mirrors_a_step_and_never_writes_raw(s3, tmp_path):
+    bucket = s3.new_bucket()
+    client = s3.client()
+    raw_root, products_root = f"s3://{bucket}/raw", f"s3://{bucket}/products"
+    client.put_object(Bucket=bucket, Key="raw/2023-05-10/DARK/d1.fits", Body=b"dark")
+    client.put_object(Bucket=bucket, Key="raw/2023-05-10/ORIGINAL/o1.fits", Body=b"object")
+    client.put_object(Bucket=bucket, Key="products/2023-05-10/stacked/old.fits", Body=b"stale")
+    client.put_object(Bucket=bucket, Key="products/2023-05-10/stacked/kept.fits", Body=b"same")
+    raw_before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+
+    with night_workspace(raw_root, products_root, "2023-05-10", raw_folders=["DARK"]) as layout:
+        assert (layout.raw_dir / "DARK" / "d1.fits").read_bytes() == b"dark"
+        assert not (layout.raw_dir / "ORIGINAL").exists()  # only what the step needs
+        (layout.raw_dir / "DARK" / "d1.fits").write_bytes(b"tampered")  # never goes back
+        (layout.out_dir / "stacked" / "old.fits").unlink()  # a stale product the step removed
+        (layout.out_dir / "ar_masters").mkdir()
+        (layout.out_dir / "ar_masters" / "mdark_1000.fits").write_bytes(b"new master")
+        (layout.out_dir / "manifest.json").write_text("{}")
+        scratch = layout.out_dir.parent
+    assert not scratch.exists()
+
+    objects = {o["Key"]: o for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    for key, etag in raw_before.items():
+        if key.startswith("raw/"):
+            assert objects[key]["ETag"] == etag  # raw untouched
+    assert "products/2023-05-10/stacked/old.fits" not in objects
+    assert (
+        objects["products/2023-05-10/stacked/kept.fits"]["ETag"]
+        == (raw_before["products/2023-05-10/stacked/kept.fits"])
+    )
+    master = client.get_object(Bucket=bucket, Key="products/2023-05-10/ar_masters/mdark_1000.fits")
+    assert master["Body"].read() == b"new master"
+    assert master["Metadata"]["sha256"] == hashlib.sha256(b"new master").hexdigest()
+    # the manifest is uploaded last
+    manifest = objects["products/2023-05-10/manifest.json"]["LastModified"]
+    assert all(o["LastModified"] <= manifest for o in objects.values())
