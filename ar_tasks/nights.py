@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from . import camera
+from . import camera, storage
 
 OBSERVATORY_TZ = ZoneInfo("Europe/Paris")
 NIGHT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -56,9 +56,18 @@ def has_raw_data(night_dir: Path) -> bool:
     return False
 
 
-def nights_with_raw_data(raw_root: Path, first: str, last: str) -> list[str]:
-    """The nights in [first, last] whose raw folder exists and holds frames."""
+def nights_with_raw_data(
+    raw_root: str | Path, first: str, last: str, s3: dict[str, str] | None = None
+) -> list[str]:
+    """The nights in [first, last] whose raw folder exists and holds frames.
+
+    In S3, one paginated listing of the root's prefixes (not a request per night): a night
+    prefix exists only when it holds objects.
+    """
     wanted = set(night_range(first, last))
+    if storage.is_s3(raw_root):
+        store = storage.S3Store(storage.S3Settings(**(s3 or {})))
+        return [name for name in store.list_prefixes(str(raw_root)) if name in wanted]
     if not Path(raw_root).is_dir():
         raise FileNotFoundError(f"raw root {raw_root} does not exist")
     found = [

@@ -20,30 +20,66 @@ import numpy
 import scipy
 
 from . import __version__, camera, steps
-from .astrometry import REDUCED, AstrometryOptions
+from .astrometry import AstrometryOptions
 from .fitsio import sha256_file, write_bytes_atomic
-from .layout import NightLayout
+from .inventory import Inventory
+from .layout import (
+    ASTROMATIC_FOLDERS,
+    COSMETIC,
+    INVENTORY_FILE,
+    MASTERS,
+    REDUCED,
+    STACKED,
+    NightLayout,
+)
 from .previews import refresh_previews
 from .provenance import stored_key
+from .storage import KEY_METADATA, SHA_METADATA, S3Settings, S3Store, is_s3, join, split_s3
+from .workspace import night_workspace
 
 QC_FOLDER = "ar_qc"
 JOBS_ENV = "AR_ASTROMETRY_JOBS"  # images one astrometry task solves at once (default 1)
 MANIFEST = "manifest.json"
 
 
-def check_roots(raw_root: str, products_root: str) -> None:
-    """Refuse roots this version cannot use, before any work starts."""
+def check_roots(raw_root: str, products_root: str, s3: dict[str, str] | None = None) -> None:
+    """Refuse unusable roots before any work starts: relative paths, malformed s3:// URLs,
+    and buckets that do not exist or cannot be read (the error names the URL)."""
+    store = None
     for name, root in (("raw_root", raw_root), ("products_root", products_root)):
-        if root.startswith("s3://"):
-            raise ValueError(f"{name} {root}: S3 storage is not supported yet; use a local path")
-        if not Path(root).is_absolute():
-            raise ValueError(f"{name} {root!r} must be an absolute path")
+        if is_s3(root):
+            split_s3(root)
+            store = store or S3Store(S3Settings(**(s3 or {})))
+            store.check_bucket(root)
+        elif not Path(root).is_absolute():
+            raise ValueError(f"{name} {root!r} must be an absolute path or s3://bucket/prefix")
 
 
-def layout_for(raw_root: str, products_root: str, night: str) -> NightLayout:
-    """The folders of one night in the archive and in the products tree."""
-    check_roots(raw_root, products_root)
-    return NightLayout(Path(raw_root) / night, Path(products_root) / night)
+def _workspace(
+    raw_root: str, products_root: str, night: str, s3: dict[str, str] | None, **choice: Any
+) -> Any:
+    """The night's folders for one step (an S3 night is mirrored: see ar_tasks.workspace)."""
+    for root in (raw_root, products_root):
+        if not is_s3(root) and not Path(root).is_absolute():
+            raise ValueError(f"{root!r} must be an absolute path or s3://bucket/prefix")
+    return night_workspace(
+        raw_root, products_root, night, settings=S3Settings(**(s3 or {})), **choice
+    )
+
+
+def _group_products(group: str, *folders: str) -> list[str]:
+    """Glob patterns of a group's files in product folders (its stack and its aux frames)."""
+    return [f"{folder}/{group}{tail}" for folder in folders for tail in (".*", "_*")]
+
+
+def _group_raw_files(group: str) -> Any:
+    """The raw paths of a group's frames, read from the inventory in the products folder."""
+
+    def paths(out_dir: Path) -> list[str]:
+        inventory = Inventory.from_json((out_dir / INVENTORY_FILE).read_text())
+        return [f.path for f in inventory.groups().get(steps.GroupKey.parse(group), [])]
+
+    return paths
 
 
 def _record(layout: NightLayout, name: str, payload: dict[str, Any]) -> None:
@@ -68,19 +104,22 @@ def _selected(key: steps.GroupKey, objects: Iterable[str], filters: Iterable[str
     )
 
 
-def inventory_night(raw_root: str, products_root: str, night: str) -> dict[str, Any]:
+def inventory_night(
+    raw_root: str, products_root: str, night: str, s3: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Inventory one night (no working copies) and drop products it no longer covers."""
     started = time.monotonic()
-    layout = layout_for(raw_root, products_root, night)
-    summary = steps.setup_night(layout, working_copies=None)
-    summary.update(night=night, seconds=round(time.monotonic() - started, 3))
-    _record(layout, "setup", summary)
-    return {
-        "night": night,
-        "frames": summary["frames"],
-        "groups": summary["groups"],
-        "quarantined": len(summary["quarantined"]),
-    }
+    patterns = [f"{folder}/*" for folder in (MASTERS, COSMETIC, STACKED, QC_FOLDER)]
+    with _workspace(raw_root, products_root, night, s3, products=patterns) as layout:
+        summary = steps.setup_night(layout, working_copies=None)
+        summary.update(night=night, seconds=round(time.monotonic() - started, 3))
+        _record(layout, "setup", summary)
+        return {
+            "night": night,
+            "frames": summary["frames"],
+            "groups": summary["groups"],
+            "quarantined": len(summary["quarantined"]),
+        }
 
 
 def masters_night(
@@ -92,26 +131,30 @@ def masters_night(
     objects: Iterable[str] = (),
     filters: Iterable[str] = (),
     png: bool = False,
+    s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Masters of one night (and their PNGs); returns the groups that can be reduced."""
     started = time.monotonic()
-    layout = layout_for(raw_root, products_root, night)
-    result = steps.make_masters(layout, interpolate=interpolate, overwrite=overwrite)
-    inventory = steps.load_inventory(layout)
-    ready, blocked = [], {}
-    for group in inventory.groups():
-        if not _selected(group, objects, filters):
-            continue
-        missing = steps.missing_masters(layout, group)
-        if missing:
-            blocked[group.name] = f"missing {', '.join(missing)}"
-        else:
-            ready.append({"name": group.name, "label": f"{night} {group.label}"})
-    if png:
-        refresh_previews(sorted(layout.masters.glob("*.fits")), overwrite)
-    result.update(night=night, blocked=blocked, seconds=round(time.monotonic() - started, 3))
-    _record(layout, "masters", result)
-    return {"night": night, "groups": ready, "problems": len(result["problems"])}
+    raw, patterns = ["DARK", "FLAT"], [f"{MASTERS}/*", f"{QC_FOLDER}/*"]
+    with _workspace(
+        raw_root, products_root, night, s3, raw_folders=raw, products=patterns
+    ) as layout:
+        result = steps.make_masters(layout, interpolate=interpolate, overwrite=overwrite)
+        inventory = steps.load_inventory(layout)
+        ready, blocked = [], {}
+        for group in inventory.groups():
+            if not _selected(group, objects, filters):
+                continue
+            missing = steps.missing_masters(layout, group)
+            if missing:
+                blocked[group.name] = f"missing {', '.join(missing)}"
+            else:
+                ready.append({"name": group.name, "label": f"{night} {group.label}"})
+        if png:
+            refresh_previews(sorted(layout.masters.glob("*.fits")), overwrite)
+        result.update(night=night, blocked=blocked, seconds=round(time.monotonic() - started, 3))
+        _record(layout, "masters", result)
+        return {"night": night, "groups": ready, "problems": len(result["problems"])}
 
 
 def reduce_group(
@@ -121,25 +164,30 @@ def reduce_group(
     group: str,
     stack: bool = True,
     overwrite: bool = False,
+    s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Calibrate and stack one (object, filter, exposure) group; a failure is recorded."""
     started = time.monotonic()
-    layout = layout_for(raw_root, products_root, night)
-    try:
-        result = steps.reduce_group(layout, group, stack=stack, overwrite=overwrite)
-    except Exception as exc:  # recorded for the manifest, then re-raised for Airflow
-        _record(layout, f"group_{group}", {"group": group, "status": "failed", "error": str(exc)})
-        raise
-    result.update(status="done", seconds=round(time.monotonic() - started, 3))
-    _record(layout, f"group_{group}", result)
-    stack_qc = result.get("stack", {})
-    return {
-        "night": night,
-        "group": group,
-        "calibrated": result["calibrated"],
-        "combined": stack_qc.get("combined"),
-        "reused": stack_qc.get("reused"),
-    }
+    patterns = [f"{MASTERS}/*", f"{QC_FOLDER}/*", *_group_products(group, COSMETIC, STACKED)]
+    raw = _group_raw_files(group)
+    with _workspace(raw_root, products_root, night, s3, raw_files=raw, products=patterns) as layout:
+        try:
+            result = steps.reduce_group(layout, group, stack=stack, overwrite=overwrite)
+        except Exception as exc:  # recorded for the manifest, then re-raised for Airflow
+            _record(
+                layout, f"group_{group}", {"group": group, "status": "failed", "error": str(exc)}
+            )
+            raise
+        result.update(status="done", seconds=round(time.monotonic() - started, 3))
+        _record(layout, f"group_{group}", result)
+        stack_qc = result.get("stack", {})
+        return {
+            "night": night,
+            "group": group,
+            "calibrated": result["calibrated"],
+            "combined": stack_qc.get("combined"),
+            "reused": stack_qc.get("reused"),
+        }
 
 
 def astrometry_group(
@@ -151,6 +199,7 @@ def astrometry_group(
     settings: dict[str, Any] | None = None,
     stack: bool = True,
     overwrite: bool = False,
+    s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Solve one group's aux frames and stack by `mode` (see astrometry.MODES).
 
@@ -159,127 +208,166 @@ def astrometry_group(
     attempt would give the same answer, and the other images are still solved.
     """
     started = time.monotonic()
-    layout = layout_for(raw_root, products_root, night)
-    options = AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {}))
-    if not options.requested:
-        return {"night": night, "group": group, "astrometry": "none"}
-    jobs = int(os.environ.get(JOBS_ENV, "1"))
-    result = steps.solve_group(layout, group, options, include_stack=stack, jobs=jobs)
-    result.update(mode=mode, seconds=round(time.monotonic() - started, 3))
-    _record(layout, f"astrometry_{group}", result)
-    return {
-        "night": night,
-        "group": group,
-        "astrometry": mode,
-        **{k: result[k] for k in ("solved", "failed", "reused", "catalogued")},
-    }
+    folders = (COSMETIC, STACKED, REDUCED, *ASTROMATIC_FOLDERS)
+    patterns = [f"{QC_FOLDER}/*", *_group_products(group, *folders)]
+    with _workspace(raw_root, products_root, night, s3, raw_files=[], products=patterns) as layout:
+        options = AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {}))
+        if not options.requested:
+            return {"night": night, "group": group, "astrometry": "none"}
+        jobs = int(os.environ.get(JOBS_ENV, "1"))
+        result = steps.solve_group(layout, group, options, include_stack=stack, jobs=jobs)
+        result.update(mode=mode, seconds=round(time.monotonic() - started, 3))
+        _record(layout, f"astrometry_{group}", result)
+        return {
+            "night": night,
+            "group": group,
+            "astrometry": mode,
+            **{k: result[k] for k in ("solved", "failed", "reused", "catalogued")},
+        }
 
 
 def previews_group(
-    raw_root: str, products_root: str, night: str, group: str, overwrite: bool = False
+    raw_root: str,
+    products_root: str,
+    night: str,
+    group: str,
+    overwrite: bool = False,
+    s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """PNG quick-looks of a group's stack and aux frames (kept when newer than the FITS)."""
-    layout = layout_for(raw_root, products_root, night)
-    key = steps.GroupKey.parse(group)
-    frames = steps.load_inventory(layout).groups().get(key, [])
-    sources = [layout.stack(key)] + [layout.aux(f) for f in frames]
-    written = refresh_previews([p for p in sources if p.is_file()], overwrite)
-    return {"night": night, "group": group, "written": len(written)}
+    patterns = _group_products(group, COSMETIC, STACKED)
+    with _workspace(raw_root, products_root, night, s3, raw_files=[], products=patterns) as layout:
+        key = steps.GroupKey.parse(group)
+        frames = steps.load_inventory(layout).groups().get(key, [])
+        sources = [layout.stack(key)] + [layout.aux(f) for f in frames]
+        written = refresh_previews([p for p in sources if p.is_file()], overwrite)
+        return {"night": night, "group": group, "written": len(written)}
 
 
 def publish_night(
-    raw_root: str, products_root: str, night: str, parameters: dict[str, Any]
+    raw_root: str,
+    products_root: str,
+    night: str,
+    parameters: dict[str, Any],
+    s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write `manifest.json` for a night from its QC records; last, and atomically.
 
     Returns the night's status; the caller fails the night's branch when it is not 'success'.
     """
-    layout = layout_for(raw_root, products_root, night)
-    setup = _read_record(layout, "setup") or {}
-    masters = _read_record(layout, "masters") or {}
-    inventory = steps.load_inventory(layout)
-    problems: list[str] = list(masters.get("problems", []))
-    groups: dict[str, Any] = {}
-    recomputed: list[str] = []
-    for key in inventory.groups():
-        name = key.name
-        if name in masters.get("blocked", {}):
-            groups[name] = {"status": "failed", "error": masters["blocked"][name]}
-            problems.append(f"{name}: {masters['blocked'][name]}")
-            continue
-        record = _read_record(layout, f"group_{name}")
-        if record is None:
-            groups[name] = {"status": "not reduced"}
-            continue
-        groups[name] = record
-        if record.get("status") == "failed":
-            problems.append(f"{name}: {record.get('error')}")
-        recomputed += record.get("written", [])
-        stack_qc = record.get("stack") or {}
-        if stack_qc and not stack_qc.get("reused"):
-            recomputed.append(stack_qc["file"])
-    astrometry: dict[str, Any] = {}
-    for key in inventory.groups():
-        solved = _read_record(layout, f"astrometry_{key.name}")
-        if solved is None or solved.get("mode") != parameters.get("astrometry"):
-            continue
-        astrometry[key.name] = solved
-        problems += solved.get("problems", [])
-        recomputed += [
-            r["product"] for r in solved["images"] if r["status"] in ("solved", "catalogued")
+    with _workspace(
+        raw_root, products_root, night, s3, raw_files=[], products=[f"{QC_FOLDER}/*"]
+    ) as layout:
+        setup = _read_record(layout, "setup") or {}
+        masters = _read_record(layout, "masters") or {}
+        inventory = steps.load_inventory(layout)
+        problems: list[str] = list(masters.get("problems", []))
+        groups: dict[str, Any] = {}
+        recomputed: list[str] = []
+        for key in inventory.groups():
+            name = key.name
+            if name in masters.get("blocked", {}):
+                groups[name] = {"status": "failed", "error": masters["blocked"][name]}
+                problems.append(f"{name}: {masters['blocked'][name]}")
+                continue
+            record = _read_record(layout, f"group_{name}")
+            if record is None:
+                groups[name] = {"status": "not reduced"}
+                continue
+            groups[name] = record
+            if record.get("status") == "failed":
+                problems.append(f"{name}: {record.get('error')}")
+            recomputed += record.get("written", [])
+            stack_qc = record.get("stack") or {}
+            if stack_qc and not stack_qc.get("reused"):
+                recomputed.append(stack_qc["file"])
+        astrometry: dict[str, Any] = {}
+        for key in inventory.groups():
+            solved = _read_record(layout, f"astrometry_{key.name}")
+            if solved is None or solved.get("mode") != parameters.get("astrometry"):
+                continue
+            astrometry[key.name] = solved
+            problems += solved.get("problems", [])
+            recomputed += [
+                r["product"] for r in solved["images"] if r["status"] in ("solved", "catalogued")
+            ]
+        for kind in ("darks", "interpolated", "flats"):
+            for qc in masters.get(kind, {}).values():
+                if not qc.get("reused"):
+                    recomputed.append(qc["file"])
+        manifest = {
+            "night": night,
+            "status": "failed" if problems else "success",
+            "software": _versions(),
+            "parameters": parameters,
+            "raw_dir": join(raw_root, night),
+            "inputs": [
+                {
+                    "path": f.path,
+                    "kind": f.kind,
+                    "sha256": f.sha256,
+                    "exposure_ms": f.exposure_ms,
+                    "filter": f.filter,
+                    "object": f.object,
+                }
+                for f in inventory.frames
+            ],
+            "quarantined": setup.get("quarantined", []),
+            "warnings": setup.get("warnings", []),
+            "masters": {k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
+            "groups": groups,
+            "astrometry": astrometry,
+            "problems": problems,
+            "recomputed": sorted(set(recomputed)),
+            "products": _products(layout, products_root, night, s3),
+            "timings": {
+                "setup": setup.get("seconds"),
+                "masters": masters.get("seconds"),
+                "groups": {n: g.get("seconds") for n, g in groups.items() if "seconds" in g},
+                "astrometry": {n: a.get("seconds") for n, a in astrometry.items()},
+            },
+        }
+        payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        write_bytes_atomic(layout.out_dir / MANIFEST, payload.encode())
+        return {
+            "night": night,
+            "status": manifest["status"],
+            "groups": len(groups),
+            "recomputed": len(manifest["recomputed"]),
+            "problems": problems,
+        }
+
+
+PRODUCT_FOLDERS = (MASTERS, COSMETIC, STACKED, REDUCED)
+
+
+def _products(
+    layout: NightLayout, products_root: str, night: str, s3: dict[str, str] | None
+) -> list[dict[str, str]]:
+    """Every FITS product of the night with its SHA-256 and provenance key (in S3: from the
+    metadata recorded at upload, without downloading the products)."""
+    if is_s3(products_root):
+        store = S3Store(S3Settings(**(s3 or {})))
+        url = join(products_root, night)
+        remote = [
+            f.relpath
+            for f in store.list_files(url)
+            if f.relpath.endswith(".fits") and f.relpath.split("/")[0] in PRODUCT_FOLDERS
         ]
-    for kind in ("darks", "interpolated", "flats"):
-        for qc in masters.get(kind, {}).values():
-            if not qc.get("reused"):
-                recomputed.append(qc["file"])
-    manifest = {
-        "night": night,
-        "status": "failed" if problems else "success",
-        "software": _versions(),
-        "parameters": parameters,
-        "raw_dir": str(layout.raw_dir),
-        "inputs": [
-            {
-                "path": f.path,
-                "kind": f.kind,
-                "sha256": f.sha256,
-                "exposure_ms": f.exposure_ms,
-                "filter": f.filter,
-                "object": f.object,
-            }
-            for f in inventory.frames
-        ],
-        "quarantined": setup.get("quarantined", []),
-        "warnings": setup.get("warnings", []),
-        "masters": {k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
-        "groups": groups,
-        "astrometry": astrometry,
-        "problems": problems,
-        "recomputed": sorted(set(recomputed)),
-        "products": _products(layout),
-        "timings": {
-            "setup": setup.get("seconds"),
-            "masters": masters.get("seconds"),
-            "groups": {n: g.get("seconds") for n, g in groups.items() if "seconds" in g},
-            "astrometry": {n: a.get("seconds") for n, a in astrometry.items()},
-        },
-    }
-    payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    write_bytes_atomic(layout.out_dir / MANIFEST, payload.encode())
-    return {
-        "night": night,
-        "status": manifest["status"],
-        "groups": len(groups),
-        "recomputed": len(manifest["recomputed"]),
-        "problems": problems,
-    }
-
-
-def _products(layout: NightLayout) -> list[dict[str, str]]:
-    """Every FITS product of the night with its SHA-256 and provenance key."""
+        entries = []
+        for rel in sorted(remote):
+            meta = store.metadata(join(url, rel))
+            entries.append(
+                {
+                    "path": rel,
+                    "sha256": meta.get(SHA_METADATA, ""),
+                    "key": meta.get(KEY_METADATA, ""),
+                }
+            )
+        return entries
     entries = []
-    folders = (layout.masters, layout.cosmetic, layout.stacked, layout.out_dir / REDUCED)
-    for folder in folders:
+    for name in PRODUCT_FOLDERS:
+        folder = layout.out_dir / name
         for path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
             entries.append(
                 {

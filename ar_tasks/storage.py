@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 SHA_METADATA = "sha256"  # x-amz-meta-sha256
+KEY_METADATA = "arkey"  # a FITS product's provenance key (its ARKEY card)
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 RETRY_ATTEMPTS = 8
 
@@ -130,13 +131,17 @@ class S3Store:
         except Exception as exc:
             raise self._fail(url, exc) from exc
 
-    def sha256_of(self, url: str) -> str | None:
+    def metadata(self, url: str) -> dict[str, str]:
+        """The object's user metadata (sha256, arkey)."""
         bucket, key = split_s3(url)
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except Exception as exc:
             raise self._fail(url, exc) from exc
-        return head.get("Metadata", {}).get(SHA_METADATA)
+        return dict(head.get("Metadata", {}))
+
+    def sha256_of(self, url: str) -> str | None:
+        return self.metadata(url).get(SHA_METADATA)
 
     def download(self, url: str, path: Path) -> Path:
         """Download an object to `path` atomically (temporary name, then rename)."""
@@ -151,18 +156,23 @@ class S3Store:
             raise self._fail(url, exc) from exc
         return path
 
-    def upload(self, path: Path, url: str, sha256: str | None = None) -> None:
+    def upload(
+        self,
+        path: Path,
+        url: str,
+        sha256: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         """Upload a file: one PUT, or a multipart upload that S3 shows only once completed."""
         from boto3.s3.transfer import TransferConfig
 
         bucket, key = split_s3(url)
-        digest = sha256 or sha256_file(path)
+        meta = {SHA_METADATA: sha256 or sha256_file(path), **(metadata or {})}
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD)
         try:
             self.client.upload_file(
-                str(path), bucket, key, ExtraArgs={"Metadata": {SHA_METADATA: digest}},
-                Config=config,
-            )  # fmt: skip
+                str(path), bucket, key, ExtraArgs={"Metadata": meta}, Config=config
+            )
         except Exception as exc:
             raise self._fail(url, exc) from exc
 

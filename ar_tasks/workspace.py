@@ -9,15 +9,17 @@ manifest goes last, and the scratch folder is removed. Raw objects are only ever
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .layout import NightLayout
-from .storage import S3Settings, S3Store, is_s3, join, local_files, sha256_file
+from .provenance import stored_key
+from .storage import KEY_METADATA, S3Settings, S3Store, is_s3, join, local_files, sha256_file
 
 SCRATCH_ENV = "AR_SCRATCH"  # where S3 nights are mirrored (default: the system temp folder)
 LAST = ("manifest.json",)
@@ -29,14 +31,16 @@ def night_workspace(
     products_root: str,
     night: str,
     raw_folders: Iterable[str] | None = None,
-    raw_files: Iterable[str] | None = None,
-    product_folders: Iterable[str] | None = None,
+    raw_files: Iterable[str] | Callable[[Path], Iterable[str]] | None = None,
+    products: Iterable[str] | None = None,
     settings: S3Settings | None = None,
 ) -> Iterator[NightLayout]:
     """Yield the NightLayout a step works in.
 
-    `raw_files` (relative paths) or `raw_folders` choose which raw objects to download
-    (default: the whole night); `product_folders` which product folders (default: all).
+    `raw_files` (relative paths, or a function of the products folder returning them, e.g.
+    from the inventory) or `raw_folders` choose which raw objects to download (default: the
+    whole night); `products` are glob patterns of the product files to download (default:
+    all; the night's top-level files, such as the inventory, always come).
     """
     if not is_s3(raw_root) and not is_s3(products_root):
         yield NightLayout(Path(raw_root) / night, Path(products_root) / night)
@@ -44,18 +48,21 @@ def night_workspace(
     store = S3Store(settings)
     scratch = Path(tempfile.mkdtemp(prefix=f"ar_{night}_", dir=os.environ.get(SCRATCH_ENV)))
     try:
-        raw_dir = Path(raw_root) / night
-        if is_s3(raw_root):
-            raw_dir = scratch / "raw"
-            _download_raw(store, join(raw_root, night), raw_dir, raw_folders, raw_files)
         out_dir = Path(products_root) / night
         before: dict[str, str] = {}
         if is_s3(products_root):
             out_dir = scratch / "products"
-            before = _download_products(store, join(products_root, night), out_dir, product_folders)
-        yield NightLayout(raw_dir, out_dir)
-        if is_s3(products_root):
-            publish_changes(store, out_dir, join(products_root, night), before)
+            before = _download_products(store, join(products_root, night), out_dir, products)
+        raw_dir = Path(raw_root) / night
+        if is_s3(raw_root):
+            raw_dir = scratch / "raw"
+            files = raw_files(out_dir) if callable(raw_files) else raw_files
+            _download_raw(store, join(raw_root, night), raw_dir, raw_folders, files)
+        try:
+            yield NightLayout(raw_dir, out_dir)
+        finally:  # a failed step's records (and its complete products) are kept too
+            if is_s3(products_root):
+                publish_changes(store, out_dir, join(products_root, night), before)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -82,16 +89,16 @@ def _download_raw(
 
 
 def _download_products(
-    store: S3Store, url: str, folder: Path, folders: Iterable[str] | None
+    store: S3Store, url: str, folder: Path, patterns: Iterable[str] | None
 ) -> dict[str, str]:
-    """Download the chosen product folders (and the night's top-level files); return the
-    SHA-256 of everything downloaded, to tell afterwards what the step changed."""
+    """Download the chosen products (and the night's top-level files); return the SHA-256 of
+    everything downloaded, to tell afterwards what the step changed."""
     folder.mkdir(parents=True)
-    wanted = set(folders) if folders is not None else None
+    wanted = list(patterns) if patterns is not None else None
     before = {}
     for remote in store.list_files(url):
-        parts = remote.relpath.split("/")
-        if wanted is not None and len(parts) > 1 and parts[0] not in wanted:
+        chosen = wanted is None or "/" not in remote.relpath  # top-level files always come
+        if not chosen and not any(fnmatch.fnmatchcase(remote.relpath, p) for p in wanted):
             continue
         path = store.download(join(url, remote.relpath), folder / remote.relpath)
         before[remote.relpath] = sha256_file(path)
@@ -105,7 +112,8 @@ def publish_changes(store: S3Store, folder: Path, url: str, before: dict[str, st
     for rel, path in sorted(now.items(), key=lambda item: item[0] in LAST):
         digest = sha256_file(path)
         if before.get(rel) != digest:
-            store.upload(path, join(url, rel), digest)
+            key = stored_key(path) if path.suffix == ".fits" else None
+            store.upload(path, join(url, rel), digest, {KEY_METADATA: key} if key else None)
             changed.append(rel)
     for rel in sorted(set(before) - set(now)):
         store.delete(join(url, rel))

@@ -52,6 +52,27 @@ def _astrometry_settings(params: dict) -> dict:
     return settings
 
 
+def _s3(params: dict) -> dict:
+    """S3Settings fields from the params' AWS connection (empty: boto3's own environment,
+    profiles and AWS_ENDPOINT_URL). Only called when a root is s3://."""
+    if not any(str(params[r]).startswith("s3://") for r in ("raw_root", "products_root")):
+        return {}
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(params["aws_conn_id"])
+    except AirflowNotFoundException:
+        return {}
+    extra = conn.extra_dejson
+    return {
+        "endpoint_url": extra.get("endpoint_url", ""),
+        "access_key": conn.login or "",
+        "secret_key": conn.password or "",
+        "region": extra.get("region_name", ""),
+    }
+
+
 def _astrometry_net_credentials(conn_id: str) -> tuple[str, str]:
     """(API key, server URL) from an Airflow connection; empty values fall back to the
     environment (AR_ASTROMETRY_NET_API_KEY, AR_ASTROMETRY_NET_URL) in ar_tasks."""
@@ -99,8 +120,8 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
         "raw_root": Param(
             os.environ.get("AR_RAW_ROOT", "/data/t120/raw"),
             type="string",
-            pattern=r"^/.*",
-            title="Raw archive root (local absolute path)",
+            pattern=PRODUCTS_URL,
+            title="Raw archive root (absolute path or s3://bucket/prefix; only ever read)",
         ),
         "products_root": Param(
             os.environ.get("AR_PRODUCTS_ROOT", "/data/t120/products"),
@@ -136,6 +157,11 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
             type="string",
             title="astrometry.net index folder (empty: /usr/share/astrometry)",
         ),
+        "aws_conn_id": Param(
+            "aws_default",
+            type="string",
+            title="Connection for s3:// roots (login/password, extra endpoint_url, region_name)",
+        ),
         "astrometry_net_conn_id": Param(
             "astrometry_net",
             type="string",
@@ -158,7 +184,7 @@ def t120_reduce() -> None:
 
         context = get_current_context()
         params = context["params"]
-        pipeline.check_roots(params["raw_root"], params["products_root"])
+        pipeline.check_roots(params["raw_root"], params["products_root"], _s3(params))
         start = context.get("data_interval_start")
         own = (
             nights.night_of(start)
@@ -167,7 +193,7 @@ def t120_reduce() -> None:
         )
         first = params["first_night"] or own
         last = params["last_night"] or first
-        found = nights.nights_with_raw_data(params["raw_root"], first, last)
+        found = nights.nights_with_raw_data(params["raw_root"], first, last, _s3(params))
         print(f"Nights {first}..{last} with raw data: {found or 'none'}")
         return found
 
@@ -176,7 +202,9 @@ def t120_reduce() -> None:
         from ar_tasks import pipeline
 
         params = _params(night)
-        return pipeline.inventory_night(params["raw_root"], params["products_root"], night)
+        return pipeline.inventory_night(
+            params["raw_root"], params["products_root"], night, s3=_s3(params)
+        )
 
     @task(map_index_template="{{ label }}")
     def masters(night_inventory: dict) -> dict:
@@ -193,6 +221,7 @@ def t120_reduce() -> None:
             objects=params["objects"],
             filters=params["filters"],
             png=params["png"],
+            s3=_s3(params),
         )
 
     @task_group
@@ -222,6 +251,7 @@ def t120_reduce() -> None:
             group,
             stack=params["stack"],
             overwrite=params["overwrite"],
+            s3=_s3(params),
         )
 
     @task(pool="astrometry", map_index_template="{{ label }}")
@@ -241,6 +271,7 @@ def t120_reduce() -> None:
             _astrometry_settings(params),
             stack=params["stack"],
             overwrite=params["overwrite"],
+            s3=_s3(params),
         )
         return {**reduced, **solved}
 
@@ -257,6 +288,7 @@ def t120_reduce() -> None:
             solved["night"],
             solved["group"],
             overwrite=params["overwrite"],
+            s3=_s3(params),
         )
 
     @task_group
@@ -272,7 +304,7 @@ def t120_reduce() -> None:
 
         params = _params(night)
         summary = pipeline.publish_night(
-            params["raw_root"], params["products_root"], night, dict(params)
+            params["raw_root"], params["products_root"], night, dict(params), s3=_s3(params)
         )
         if summary["status"] != "success":
             raise AirflowFailException(f"night {night}: " + "; ".join(summary["problems"]))

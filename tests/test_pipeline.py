@@ -43,8 +43,15 @@ def test_group_failure_is_recorded_and_fails_the_night(roots, tmp_path):
 
 @pytest.mark.parametrize(
     ("raw", "products", "message"),
-    [("/raw", "s3://bucket/x", "S3 storage is not supported yet"), ("raw", "/p", "absolute")],
+    [("/raw", "s3:///x", "no bucket"), ("raw", "/p", "absolute")],
 )
 def test_unusable_roots_are_refused(raw, products, message):
     with pytest.raises(ValueError, match=message):
         pipeline.check_roots(raw, products)
+
+
+def test_a_missing_bucket_is_named_before_any_work(s3):
+    from ar_tasks.storage import StorageError
+
+    with pytest.raises(StorageError, match=r"s3://no-such-bucket/products: (NoSuchBucket|404)"):
+        pipeline.check_roots("/raw", "s3://no-such-bucket/products")

@@ -68,7 +68,9 @@ def test_workspace_mirrors_a_step_and_never_writes_raw(s3, tmp_path):
     client.put_object(Bucket=bucket, Key="products/2023-05-10/stacked/kept.fits", Body=b"same")
     raw_before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
 
-    with night_workspace(raw_root, products_root, "2023-05-10", raw_folders=["DARK"]) as layout:
+    with night_workspace(
+        raw_root, products_root, "2023-05-10", raw_folders=["DARK"], products=["stacked/*"]
+    ) as layout:
         assert (layout.raw_dir / "DARK" / "d1.fits").read_bytes() == b"dark"
         assert not (layout.raw_dir / "ORIGINAL").exists()  # only what the step needs
         (layout.raw_dir / "DARK" / "d1.fits").write_bytes(b"tampered")  # never goes back
