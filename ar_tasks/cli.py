@@ -21,6 +21,8 @@ from . import __version__, steps
 from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
+from .storage import StorageError, is_s3
+from .workspace import night_workspace
 
 LOG_FILE = "astro_reduce.log"
 OPTION_ORDER = (
@@ -143,14 +145,18 @@ class Reporter:
     "--online-timeout", type=float, help="Seconds per image with -no, retries included (600)."
 )
 @click.option("--jobs", type=int, default=0, help="Images solved at once (default: CPU count).")
+@click.option(
+    "--raw", help="The night's raw folder (DARK, FLAT, ORIGINAL) or s3:// URL [default: here]."
+)
+@click.option(
+    "--products", help="Where the night's products go: a folder or s3:// URL [default: --raw]."
+)
 def cli(**options: Any) -> None:
     """Reduce an OHP T120 night: master darks and flats, calibrated (aux) frames, stacks.
 
     Run `astro_reduce --setup` once in the night folder, then `astro_reduce [options]`.
     """
     started = time.monotonic()
-    night = Path.cwd()
-    layout = NightLayout.in_place(night)
     click.secho("    Welcome to astro_reduce!", fg="cyan", bold=True)
     click.secho(
         f"    astro_reduce-airflow {__version__}, after astro_reduce 5.1.3 by Raphaël Duque "
@@ -159,27 +165,61 @@ def cli(**options: Any) -> None:
     )
     given = [name for name in OPTION_ORDER if options[name]]
     given += [f"{name}={options[name]}" for name in ASTROMETRY_SETTINGS if options[name]]
-    click.secho(f"Currently working in directory `{night.name}`.", fg="green")
+    raw, products = options["raw"], options["products"]
+    if not raw and not products:
+        report = _run(NightLayout.in_place(Path.cwd()), given, options)
+    else:
+        raw, products = _roots(raw, products)
+        try:
+            with night_workspace(raw, products, "") as layout:
+                report = _run(layout, given, options, label=products)
+        except StorageError as exc:
+            click.secho(f"E: {exc}", fg="red", err=True)
+            sys.exit(1)
+    _finish(report, started)
+
+
+def _roots(raw: str | None, products: str | None) -> tuple[str, str]:
+    """--raw/--products as absolute paths or s3:// URLs (products default to the raw folder)."""
+    raw = raw or "."
+    if is_s3(raw) and not products:
+        raise click.UsageError("--raw in S3 needs --products: raw data is never written to.")
+    products = products or raw
+    return tuple(  # type: ignore[return-value]
+        root if is_s3(root) else str(Path(root).resolve()) for root in (raw, products)
+    )
+
+
+def _run(
+    layout: NightLayout, given: list[str], options: dict[str, Any], label: str | None = None
+) -> Reporter:
+    """One command on one night's folders; returns the reporter holding its problems."""
+    click.secho(f"Currently working in directory `{label or layout.name}`.", fg="green")
     click.secho(f"Options: {', '.join(given)}.", fg="green")
     if options["clearall"] or options["clear"]:
         removed = steps.clear_night(layout, everything=options["clearall"])
         click.echo(f"Removed: {', '.join(removed) if removed else 'nothing to remove'}.")
-        sys.exit(0)
-    report = Reporter(verbose=options["verbose"] or options["setup"], log_path=night / LOG_FILE)
+        return Reporter(verbose=False)
+    verbose = options["verbose"] or options["setup"]
+    report = Reporter(verbose=verbose, log_path=layout.out_dir / LOG_FILE)
     try:
         if options["setup"]:
-            _setup(layout, report, link=options["link"])
+            separate = layout.raw_dir != layout.out_dir
+            _setup(layout, report, link=options["link"], copies=not separate)
         else:
             _reduce(layout, report, options)
     except steps.StepError as exc:
         report("error", str(exc))
-    _finish(report, started)
+    return report
 
 
-def _setup(layout: NightLayout, report: Reporter, link: bool) -> None:
+def _setup(layout: NightLayout, report: Reporter, link: bool, copies: bool = True) -> None:
+    """Inventory the night; working copies only when products live beside the raw folders
+    (with --raw/--products the archive stays apart, read-only, and is not copied)."""
     report("info", "Setting up for reduction:")
-    summary = steps.setup_night(layout, working_copies="link" if link else "copy", log=report)
-    verb = "Linking" if link else "Copying"
+    mode = ("link" if link else "copy") if copies else None
+    summary = steps.setup_night(layout, working_copies=mode, log=report)
+    verb = ("Linking" if link else "Copying") if copies else "Found"
     for kind, label in (("darks", "dark field"), ("flats", "flat field"), ("objects", "object")):
         report("verbose", f"  {verb} {label} images...     Done ({summary[kind]} files).")
     report("verbose", f"  Writing configuration file `{layout.config_file.name}`.")
