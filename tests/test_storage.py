@@ -96,3 +96,114 @@ def test_workspace_mirrors_a_step_and_never_writes_raw(s3, tmp_path):
     # the manifest is uploaded last
     manifest = objects["products/2023-05-10/manifest.json"]["LastModified"]
     assert all(o["LastModified"] <= manifest for o in objects.values())
+
+
+UPLOADER = """
+import sys
+from pathlib import Path
+from ar_tasks.storage import S3Store
+S3Store().upload(Path(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_an_upload_killed_midway_leaves_no_visible_object(s3, tmp_path):
+    """A worker killed during a multipart upload: the object never appears (S3 shows it only
+    once the upload is completed), and an earlier version stays whole."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bucket = s3.new_bucket()
+    client = s3.client()
+    url = f"s3://{bucket}/products/2023-05-10/stacked/big.fits"
+    key = url.removeprefix(f"s3://{bucket}/")
+    client.put_object(Bucket=bucket, Key=key, Body=b"the earlier, complete product")
+    big = tmp_path / "big.fits"
+    big.write_bytes(os.urandom(160 * 1024 * 1024))
+    process = subprocess.Popen([sys.executable, "-c", UPLOADER, str(big), url])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        parts = (
+            client.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]["UploadId"]).get(
+                "Parts", []
+            )
+            if uploads
+            else []
+        )
+        if parts:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the upload finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert body == b"the earlier, complete product"
+
+
+class FlakyProxy:
+    """Forwards to the S3 server but answers the first `failures` requests 503 SlowDown, as
+    S3 does under load: a transient error the client must retry."""
+
+    def __init__(self, target: str, failures: int) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.failures, self.seen = failures, 0
+        host = urlsplit(target).netloc
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                proxy.seen += 1
+                if proxy.seen <= proxy.failures:
+                    error = b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                upstream = http.client.HTTPConnection(host, timeout=30)
+                upstream.request(self.command, self.path, body, dict(self.headers))
+                answer = upstream.getresponse()
+                payload = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_transient_errors_are_retried(s3, tmp_path, monkeypatch):
+    bucket = s3.new_bucket()
+    proxy = FlakyProxy(s3.endpoint, failures=2)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        (tmp_path / "f.fits").write_bytes(b"product")
+        store = S3Store()
+        store.upload(tmp_path / "f.fits", f"s3://{bucket}/p/f.fits")
+        assert proxy.seen == 3  # two 503s, then the PUT that landed
+        assert store.download(f"s3://{bucket}/p/f.fits", tmp_path / "g.fits").read_bytes() == (
+            b"product"
+        )
+    finally:
+        proxy.close()
