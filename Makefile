@@ -12,7 +12,7 @@ DEMO_CONF = {"first_night": "2023-05-10", "last_night": "2023-05-11", \
   "raw_root": "$(DEMO_ROOT)/raw", "products_root": "$(DEMO_ROOT)/products", \
   "astrometry": "astromatic", "refcat": "$(DEMO_ROOT)/refcat.fits"}
 
-.PHONY: install debian venv demo demo-cli airflow-init airflow airflow-stop test lint lock clean
+.PHONY: install debian venv demo demo-s3 demo-cli airflow-init airflow airflow-stop test lint lock clean
 
 install: debian venv
 
@@ -55,6 +55,10 @@ demo: install
 	  echo "airflow dags test took $$SECONDS s"
 	@grep -o "DagRun Finished: dag_id=t120_reduce.*state=[a-z]*" $(DEMO_DIR)/dags_test.log | sed 's/logical_date.*state=/state=/'
 	@$(BIN)/python -m ar_tasks.summary $(DEMO_DIR)/products/2023-05-10 $(DEMO_DIR)/products/2023-05-11
+
+# The same demo with the raw archive and the products in S3 (a local S3 server on 127.0.0.1).
+demo-s3: install
+	$(BIN)/python scripts/demo_s3.py --dir $(DEMO_DIR)/s3
 
 # The same night reduced by the astro_reduce command, in the night folder itself.
 demo-cli: install

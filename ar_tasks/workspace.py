@@ -46,16 +46,18 @@ def night_workspace(
         yield NightLayout(Path(raw_root) / night, Path(products_root) / night)
         return
     store = S3Store(settings)
+    # The folders keep the night's name: astro_reduce's `<dir>.json` is named after it.
+    name = night or Path(str(products_root).rstrip("/")).name or "night"
     scratch = Path(tempfile.mkdtemp(prefix=f"ar_{night}_", dir=os.environ.get(SCRATCH_ENV)))
     try:
         out_dir = Path(products_root) / night
         before: dict[str, str] = {}
         if is_s3(products_root):
-            out_dir = scratch / "products"
+            out_dir = scratch / "products" / name
             before = _download_products(store, join(products_root, night), out_dir, products)
         raw_dir = Path(raw_root) / night
         if is_s3(raw_root):
-            raw_dir = scratch / "raw"
+            raw_dir = scratch / "raw" / name
             files = raw_files(out_dir) if callable(raw_files) else raw_files
             _download_raw(store, join(raw_root, night), raw_dir, raw_folders, files)
         try:

@@ -39,6 +39,7 @@ def test_cli_on_s3_gives_the_local_products(s3, small_archive, tmp_path):
     print(f"small night: local {local_seconds:.1f} s, S3 {s3_seconds:.1f} s")
 
     objects = _objects(client, bucket, "")
+    assert f"products/{NIGHT}/{NIGHT}.json" in objects  # astro_reduce's <dir>.json
     assert {k: o["ETag"] for k, o in objects.items() if k.startswith("raw/")} == raw_before
     products = {
         k.removeprefix(f"products/{NIGHT}/"): k

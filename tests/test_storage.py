@@ -78,7 +78,8 @@ def test_workspace_mirrors_a_step_and_never_writes_raw(s3, tmp_path):
         (layout.out_dir / "ar_masters").mkdir()
         (layout.out_dir / "ar_masters" / "mdark_1000.fits").write_bytes(b"new master")
         (layout.out_dir / "manifest.json").write_text("{}")
-        scratch = layout.out_dir.parent
+        assert layout.out_dir.name == layout.raw_dir.name == "2023-05-10"
+        scratch = layout.out_dir.parent.parent
     assert not scratch.exists()
 
     objects = {o["Key"]: o for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
