@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,21 @@ def input_key(path: Path) -> str:
 
 
 def is_current(path: Path, key: str) -> bool:
-    """True when `path` exists and was made from exactly these inputs."""
-    return Path(path).is_file() and stored_key(path) == key
+    """True when `path` exists, was made from exactly these inputs, and is intact."""
+    return Path(path).is_file() and stored_key(path) == key and intact(path)
+
+
+def intact(path: Path) -> bool:
+    """True when a FITS product's CHECKSUM/DATASUM match its bytes: a damaged product is made
+    again rather than reused (the manifest's SHA-256 then changes with it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, checksum=True):
+                pass
+        except (OSError, ValueError):
+            return False
+    return not any("verification failed" in str(w.message) for w in caught)
 
 
 def stamp(header: fits.Header, key: str) -> fits.Header:

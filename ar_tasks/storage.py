@@ -156,6 +156,32 @@ class S3Store:
             raise self._fail(url, exc) from exc
         return path
 
+    def download_verified(self, url: str, path: Path) -> tuple[Path, str]:
+        """Download an object and check its bytes against the SHA-256 recorded at upload.
+
+        Returns (path, sha256). An object whose bytes differ from its record (a damaged or
+        foreign object) is not kept: StorageError, and nothing is written under `path`.
+        """
+        bucket, key = split_s3(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.download.part")
+        digest = hashlib.sha256()
+        try:
+            answer = self.client.get_object(Bucket=bucket, Key=key)
+            with open(partial, "wb") as stream:
+                for block in answer["Body"].iter_chunks(1 << 20):
+                    digest.update(block)
+                    stream.write(block)
+        except Exception as exc:
+            partial.unlink(missing_ok=True)
+            raise self._fail(url, exc) from exc
+        recorded = answer.get("Metadata", {}).get(SHA_METADATA)
+        if recorded and recorded != digest.hexdigest():
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"{url}: its bytes do not match the SHA-256 recorded at upload")
+        os.replace(partial, path)
+        return path, digest.hexdigest()
+
     def upload(
         self,
         path: Path,

@@ -10,6 +10,7 @@ manifest goes last, and the scratch folder is removed. Raw objects are only ever
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import shutil
 import tempfile
@@ -19,10 +20,20 @@ from pathlib import Path
 
 from .layout import NightLayout
 from .provenance import stored_key
-from .storage import KEY_METADATA, S3Settings, S3Store, is_s3, join, local_files, sha256_file
+from .storage import (
+    KEY_METADATA,
+    S3Settings,
+    S3Store,
+    StorageError,
+    is_s3,
+    join,
+    local_files,
+    sha256_file,
+)
 
 SCRATCH_ENV = "AR_SCRATCH"  # where S3 nights are mirrored (default: the system temp folder)
 LAST = ("manifest.json",)
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -102,8 +113,12 @@ def _download_products(
         chosen = wanted is None or "/" not in remote.relpath  # top-level files always come
         if not chosen and not any(fnmatch.fnmatchcase(remote.relpath, p) for p in wanted):
             continue
-        path = store.download(join(url, remote.relpath), folder / remote.relpath)
-        before[remote.relpath] = sha256_file(path)
+        try:
+            _, before[remote.relpath] = store.download_verified(
+                join(url, remote.relpath), folder / remote.relpath
+            )
+        except StorageError as exc:  # left out: the step remakes it (and replaces the object)
+            log.warning("%s", exc)
     return before
 
 

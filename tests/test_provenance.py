@@ -33,3 +33,19 @@ def test_foreign_master_is_keyed_by_its_checksum(tmp_path):
     assert len(first) == 64
     fits.writeto(path, np.zeros((4, 4), np.float32), overwrite=True)
     assert provenance.input_key(path) != first
+
+
+def test_a_damaged_product_is_not_current(tmp_path):
+    import numpy as np
+
+    from ar_tasks.fitsio import write_image
+    from ar_tasks.provenance import is_current, stamp
+
+    path = write_image(
+        tmp_path / "p.fits", np.ones((32, 32), np.float32), stamp(fits.Header(), "k")
+    )
+    assert is_current(path, "k")
+    damaged = bytearray(path.read_bytes())
+    damaged[-200] ^= 0xFF  # one flipped byte in the data: the key still matches
+    path.write_bytes(bytes(damaged))
+    assert not is_current(path, "k")

@@ -208,3 +208,17 @@ def test_transient_errors_are_retried(s3, tmp_path, monkeypatch):
         )
     finally:
         proxy.close()
+
+
+def test_a_product_whose_bytes_do_not_match_its_record_is_not_reused(s3):
+    bucket = s3.new_bucket()
+    client = s3.client()
+    good = hashlib.sha256(b"the product").hexdigest()
+    key = "products/2023-05-10/stacked/M-67_V_60000.fits"
+    client.put_object(Bucket=bucket, Key=key, Body=b"bit rot", Metadata={"sha256": good})
+    roots = (f"s3://{bucket}/raw", f"s3://{bucket}/products")
+    with night_workspace(*roots, "2023-05-10", raw_files=[]) as layout:
+        assert not (layout.out_dir / "stacked" / "M-67_V_60000.fits").exists()
+        assert not list(layout.out_dir.rglob("*.part"))
+    # the step did not remake it: the object is left as it was, for a person to look at
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"bit rot"
