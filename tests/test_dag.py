@@ -42,8 +42,23 @@ def dag():
     return bag.get_dag("t120_reduce")
 
 
+# Params a test may change: every run states them, so one test's choice (kept by the DAG
+# object that dag.test() reuses) never carries over to the next.
+DEFAULT_CONF = {
+    "astrometry": "none",
+    "png": True,
+    "stack": True,
+    "interpolate": True,
+    "overwrite": False,
+    "objects": [],
+    "filters": [],
+    "refcat": "",
+    "anet_index": "",
+}
+
+
 def _run(dag, **conf):
-    run = dag.test(run_conf=conf)
+    run = dag.test(run_conf={**DEFAULT_CONF, **conf})
     return run.state
 
 
