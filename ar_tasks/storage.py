@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fitsio import sha256_file
+
 SHA_METADATA = "sha256"  # x-amz-meta-sha256
 KEY_METADATA = "arkey"  # a FITS product's provenance key (its ARKEY card)
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -217,14 +219,6 @@ class S3Store:
             self.client.head_bucket(Bucket=bucket)
         except Exception as exc:
             raise self._fail(url, exc) from exc
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_files(folder: Path, skip: Iterable[str] = ()) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .fitsio import sha256_file
 from .layout import NightLayout
 from .provenance import stored_key
 from .storage import (
@@ -28,7 +29,6 @@ from .storage import (
     is_s3,
     join,
     local_files,
-    sha256_file,
 )
 
 SCRATCH_ENV = "AR_SCRATCH"  # where S3 nights are mirrored (default: the system temp folder)
