@@ -22,8 +22,8 @@ from .astro_config import config_file
 
 INDEX_ENV = "AR_ANET_INDEX_DIR"
 SYSTEM_INDEX_DIR = "/usr/share/astrometry"
-SCALE_TOLERANCE = 0.1  # the plate scale is known to 10 %
-HINT_RADIUS_DEG = 0.5
+SCALE_TOLERANCE = 0.1  # the plate scale is known to 10 % (both astrometry.net routes)
+HINT_RADIUS_DEG = 0.5  # search radius around the header pointing
 
 
 @dataclass(frozen=True)

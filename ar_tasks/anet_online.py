@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from .anet_local import HINT_RADIUS_DEG, SCALE_TOLERANCE
 from .wcs_headers import celestial
 
 API_KEY_ENV = "AR_ASTROMETRY_NET_API_KEY"
@@ -27,8 +28,6 @@ SERVER_ENV = "AR_ASTROMETRY_NET_URL"
 DEFAULT_SERVER = "https://nova.astrometry.net"
 MIN_SOURCES = 30  # 5.1.3's threshold: fewer sources than this rarely solve
 MAX_SOURCES = 300
-SCALE_ERROR_PERCENT = 10.0
-HINT_RADIUS_DEG = 0.5
 
 
 class OnlineError(RuntimeError):
@@ -103,7 +102,7 @@ def solve(
         "scale_units": "arcsecperpix",
         "scale_type": "ev",
         "scale_est": scale_arcsec,
-        "scale_err": SCALE_ERROR_PERCENT,
+        "scale_err": 100 * SCALE_TOLERANCE,
         "parity": 2,
         "crpix_center": True,
         "tweak_order": 1,

@@ -94,9 +94,9 @@ def run_scamp(
     """Run SCAMP on one catalogue whose <stem>.ahead holds the initial WCS.
 
     `reference` is a local LDAC reference file, or the name of an online catalogue that SCAMP
-    queries itself (e.g. GAIA-EDR3). Returns (.head, scamp.xml).
+    queries itself (e.g. GAIA-EDR3). Returns (<stem>.head, <stem>.xml: its scamp.xml).
     """
-    xml = work / (catalogue.stem + ".scamp.xml")
+    xml = catalogue.with_suffix(".xml")
     args = [str(catalogue), "-c", str(config_file("t120.scamp", config_dir)), "-XML_NAME", str(xml)]
     if isinstance(reference, Path):
         args += ["-ASTREF_CATALOG", "FILE", "-ASTREFCAT_NAME", str(reference)]

@@ -29,7 +29,8 @@ from astropy.io import fits
 from . import anet_local, anet_online, astromatic, externals, refcat
 from .astro_config import ConfigError, config_file, configs_key
 from .camera import HeaderError
-from .fitsio import read_product, set_card, write_image
+from .fitsio import read_product, set_card, sha256_file, write_image
+from .layout import ASTROMATIC_FOLDERS, REDUCED
 from .provenance import KEY_KEYWORD, input_key, is_current, product_key, stamp
 from .wcs_headers import (
     header_pointing,
@@ -40,7 +41,7 @@ from .wcs_headers import (
     write_card_file,
 )
 
-SEXRES, PSFRES, SCAMPRES, REDUCED = "SEXRES", "PSFRES", "SCAMPRES", "reduced"
+SEXRES, PSFRES, SCAMPRES = ASTROMATIC_FOLDERS
 MODES = ("none", "astromatic", "astrometrynet_local", "astrometrynet_online")
 DEFAULT_ONLINE_CATALOG = "GAIA-EDR3"
 POSITION_MAXERR_DEG = 0.1  # SCAMP's POSITION_MAXERR (6') in t120.scamp
@@ -161,7 +162,7 @@ class AstrometryOptions:
 
 @functools.lru_cache(maxsize=32)
 def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    return refcat.file_key(Path(path))
+    return sha256_file(Path(path))
 
 
 def _file_digest(path: str) -> str:
@@ -218,9 +219,14 @@ def solve_image(out_dir: Path, image: Path, options: AstrometryOptions, log: Log
         elif outcome.status == "catalogued":
             fits.setval(work / f"{image.stem}.ldac", KEY_KEYWORD, value=key)
         _keep(outcome, out_dir, work, image.stem)
-    except (externals.ToolError, refcat.CatalogueError, HeaderError, ConfigError) as exc:
-        outcome = _Outcome("failed", str(exc))
-    except (anet_online.OnlineError, UnusableSolution) as exc:
+    except (
+        externals.ToolError,
+        refcat.CatalogueError,
+        HeaderError,
+        ConfigError,
+        anet_online.OnlineError,
+        UnusableSolution,
+    ) as exc:
         outcome = _Outcome("failed", str(exc))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -407,7 +413,7 @@ def _keep(outcome: _Outcome, out_dir: Path, work: Path, stem: str) -> None:
     for source, folder in outcome.keep.items():
         if not source.is_file():
             continue
-        destination = out_dir / folder / _product_name(source)
+        destination = out_dir / folder / source.name
         destination.parent.mkdir(exist_ok=True)
         os.replace(source, destination)
     log = work / "tools.log"
@@ -415,10 +421,6 @@ def _keep(outcome: _Outcome, out_dir: Path, work: Path, stem: str) -> None:
         destination = out_dir / SEXRES / f"{stem}.log"
         destination.parent.mkdir(exist_ok=True)
         os.replace(log, destination)
-
-
-def _product_name(path: Path) -> str:
-    return path.name.replace(".scamp.xml", ".xml")
 
 
 def remove_scratch(out_dir: Path, older_than: float) -> list[Path]:

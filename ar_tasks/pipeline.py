@@ -45,23 +45,28 @@ MANIFEST = "manifest.json"
 def check_roots(raw_root: str, products_root: str, s3: dict[str, str] | None = None) -> None:
     """Refuse unusable roots before any work starts: relative paths, malformed s3:// URLs,
     and buckets that do not exist or cannot be read (the error names the URL)."""
-    store = None
-    for name, root in (("raw_root", raw_root), ("products_root", products_root)):
+    _check_forms(raw_root, products_root)
+    buckets = [root for root in (raw_root, products_root) if is_s3(root)]
+    if buckets:
+        store = S3Store(S3Settings(**(s3 or {})))
+        for root in buckets:
+            store.check_bucket(root)
+
+
+def _check_forms(*roots: str) -> None:
+    """Each root is an absolute path or a well-formed s3://bucket/prefix."""
+    for root in roots:
         if is_s3(root):
             split_s3(root)
-            store = store or S3Store(S3Settings(**(s3 or {})))
-            store.check_bucket(root)
         elif not Path(root).is_absolute():
-            raise ValueError(f"{name} {root!r} must be an absolute path or s3://bucket/prefix")
+            raise ValueError(f"{root!r} must be an absolute path or s3://bucket/prefix")
 
 
 def _workspace(
     raw_root: str, products_root: str, night: str, s3: dict[str, str] | None, **choice: Any
 ) -> Any:
     """The night's folders for one step (an S3 night is mirrored: see ar_tasks.workspace)."""
-    for root in (raw_root, products_root):
-        if not is_s3(root) and not Path(root).is_absolute():
-            raise ValueError(f"{root!r} must be an absolute path or s3://bucket/prefix")
+    _check_forms(raw_root, products_root)
     return night_workspace(
         raw_root, products_root, night, settings=S3Settings(**(s3 or {})), **choice
     )

@@ -8,7 +8,6 @@ same catalogue in about a second (always with -E: without it the builder walks t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,11 +140,6 @@ def write_star_table(path: Path, catalogue: Catalogue) -> Path:
     )
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)
     return path
-
-
-def file_key(path: Path) -> str:
-    """SHA-256 of a catalogue file: a change of references changes the solution's key."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def build_index(

@@ -142,9 +142,6 @@ class S3Store:
             raise self._fail(url, exc) from exc
         return dict(head.get("Metadata", {}))
 
-    def sha256_of(self, url: str) -> str | None:
-        return self.metadata(url).get(SHA_METADATA)
-
     def download(self, url: str, path: Path) -> Path:
         """Download an object to `path` atomically (temporary name, then rename)."""
         bucket, key = split_s3(url)

@@ -89,6 +89,8 @@ def _download_raw(
 ) -> None:
     folder.mkdir(parents=True)
     wanted_files = set(files) if files is not None else None
+    if wanted_files == set():
+        return  # the step reads no raw frame: not even a listing
     wanted_folders = set(folders) if folders is not None else None
     for remote in store.list_files(url):
         top = remote.relpath.split("/")[0]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import NIGHT, fitsverify, run_cli
+from conftest import ASTRO_REDUCE, NIGHT, fitsverify, run_cli
 from truth_checks import wcs_error_arcsec
 
 from ar_tasks.refcat import Catalogue, build_index, write_star_table
@@ -48,8 +49,6 @@ def _check_solutions(night: Path, truth, solver: str) -> list[float]:
 def ldac_verify(paths: list[Path]) -> None:
     """fitsverify on SExtractor LDAC catalogues: no error, and no warning but the one the LDAC
     format itself requires (its column is named 'Field Header Card', with spaces)."""
-    import subprocess
-
     for path in paths:
         out = subprocess.run(["fitsverify", str(path)], capture_output=True, text=True).stdout
         assert "0 error(s)" in out, out
@@ -161,19 +160,7 @@ def test_unsolvable_frame_with_astrometry_net_is_reported_within_the_cpu_limit(
 def test_missing_program_names_its_debian_package(astro_night, tmp_path):
     empty = tmp_path / "empty_bin"
     empty.mkdir()
-    env = {**os.environ, "PATH": str(empty)}
-    import subprocess
-
-    from conftest import ASTRO_REDUCE
-
-    result = subprocess.run(
-        [str(ASTRO_REDUCE), "--sex", "--astrometryonly"],
-        cwd=astro_night,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run_with_env(astro_night, {"PATH": str(empty)}, "--sex", "--astrometryonly")
     assert result.returncode == 1
     assert "source-extractor or sex not found on PATH" in result.stderr
     assert "apt-get install source-extractor" in result.stderr
@@ -202,10 +189,7 @@ def test_astrometry_net_online_through_a_local_nova_standin(astro_night, astro_a
 
 
 def _run_with_env(night: Path, env: dict[str, str], *args: str):
-    import subprocess
-
-    from conftest import ASTRO_REDUCE
-
+    """The installed command in a night folder, with these environment variables set."""
     return subprocess.run(
         [str(ASTRO_REDUCE), *args],
         cwd=night,

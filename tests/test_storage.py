@@ -41,7 +41,7 @@ def test_upload_records_sha256_and_download_is_exact(s3, tmp_path):
     store = S3Store()
     url = f"s3://{bucket}/products/big.fits"
     store.upload(local, url)
-    assert store.sha256_of(url) == hashlib.sha256(payload).hexdigest()
+    assert store.metadata(url)["sha256"] == hashlib.sha256(payload).hexdigest()
     back = store.download(url, tmp_path / "back" / "big.fits")
     assert back.read_bytes() == payload
     assert not list((tmp_path / "back").glob(".*"))
