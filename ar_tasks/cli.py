@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ class Reporter:
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self._log_path = log_path
+        self._lock = threading.Lock()
 
     def __call__(self, level: str, message: str) -> None:
         if level == "error":
@@ -80,6 +83,10 @@ class Reporter:
             self._print(message)
 
     def _print(self, text: str, fg: str | None = None, err: bool = False) -> None:
+        with self._lock:  # steps run in threads: one message at a time, whole
+            self._print_unlocked(text, fg, err)
+
+    def _print_unlocked(self, text: str, fg: str | None, err: bool) -> None:
         click.secho(text, fg=fg, err=err)
         if self._log_path is not None:
             stamp = dt.datetime.now().isoformat(timespec="seconds")
@@ -144,7 +151,9 @@ class Reporter:
 @click.option(
     "--online-timeout", type=float, help="Seconds per image with -no, retries included (600)."
 )
-@click.option("--jobs", type=int, default=0, help="Images solved at once (default: CPU count).")
+@click.option(
+    "--jobs", type=int, default=0, help="Groups or images processed at once (default: CPU count)."
+)
 @click.option(
     "--raw", help="The night's raw folder (DARK, FLAT, ORIGINAL) or s3:// URL [default: here]."
 )
@@ -303,29 +312,37 @@ def _cosmetic(
     layout: NightLayout, inventory: Inventory, report: Reporter, options: dict[str, Any]
 ) -> None:
     overwrite = options["overwrite"]
+    jobs = options["jobs"] or os.cpu_count() or 1
     if options["nomaster"]:
         if not layout.masters.is_dir():
             raise steps.StepError(
                 "You used the --nomaster option but there is no MASTER folder `ar_masters`."
             )
     else:
-        steps.make_masters(layout, options["interpolate"], overwrite, log=report)
+        steps.make_masters(layout, options["interpolate"], overwrite, log=report, jobs=jobs)
     groups = [g.name for g in inventory.groups()]
-    calibrated = []
-    report("info", "Writing auxiliary object images:")
-    for name in groups:
-        try:
-            steps.calibrate_group(layout, name, overwrite, log=report)
-            calibrated.append(name)
-        except steps.StepError as exc:
-            report("error", str(exc))
-    if not options["nostack"]:
-        report("info", "Stacking object images:")
-        for name in calibrated:
+
+    def each_group(step: Any, names: list[str]) -> list[str]:
+        """Run a group step on every group, `jobs` at a time; the names that succeeded."""
+
+        def attempt(name: str) -> bool:
             try:
-                steps.stack_group(layout, name, overwrite, log=report)
+                step(layout, name, overwrite, log=report)
+                return True
             except steps.StepError as exc:
                 report("error", str(exc))
+                return False
+
+        if jobs <= 1:
+            return [n for n in names if attempt(n)]
+        with ThreadPoolExecutor(min(jobs, len(names))) as pool:
+            return [n for n, ok in zip(names, pool.map(attempt, names), strict=True) if ok]
+
+    report("info", "Writing auxiliary object images:")
+    calibrated = each_group(steps.calibrate_group, groups)
+    if not options["nostack"]:
+        report("info", "Stacking object images:")
+        each_group(steps.stack_group, calibrated)
     if options["stkpng"]:
         steps.make_previews(layout, masters_and_aux=False, stacks=True, overwrite=overwrite)
         report("info", "Writing PNG versions of stacked images... Done.")

@@ -8,8 +8,10 @@ about flat as the number of frames grows.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -19,31 +21,92 @@ DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024  # bytes of frames held in RAM before 
 DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024  # bytes of the (frames x rows x columns) block cube
 
 
-def nanmedian_axis0(cube: np.ndarray) -> np.ndarray:
-    """Median along axis 0 ignoring NaN; NaN where every value is NaN.
+NETWORK_MAX_FRAMES = 40  # up to here a sorting network beats numpy's per-pixel sort (measured)
+_NETWORK_BLOCK_BYTES = 1 << 20  # pixels sorted together: the block stays in the CPU cache
 
-    The frames axis is moved last (contiguous) and sorted there, NaN last, so the median of the
-    n finite values sits at (n-1)//2 and n//2: exact, and several times faster than
-    numpy.nanmedian on stacks.
+
+@functools.cache
+def sorting_network(count: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort for `count` items: compare-exchange pairs (low, high).
+
+    Applied to whole rows of pixels with np.minimum/np.maximum it sorts every pixel's values
+    at once, in SIMD: ten times faster than sorting a million 5-value rows one by one.
     """
+    pairs = []
+    p = 1
+    while p < count:
+        k = p
+        while k >= 1:
+            for j in range(k % p, count - k, 2 * k):
+                for i in range(min(k, count - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+def nanmedian_axis0(cube: np.ndarray) -> np.ndarray:
+    """Median along axis 0 ignoring NaN (and inf); NaN where no value is finite.
+
+    Exact: the middle value, or the mean of the two middle values for an even count. Small
+    stacks go through a sorting network, large ones through numpy's sort along a contiguous
+    axis; both are several times faster than numpy.nanmedian.
+    """
+    cube = np.asarray(cube, dtype=np.float32)
+    count = cube.shape[0]
+    if count <= NETWORK_MAX_FRAMES:
+        return _network_median(list(cube.reshape(count, -1))).reshape(cube.shape[1:])
     ordered = np.moveaxis(cube, 0, -1).copy()
-    last = cube.shape[0] - 1
-    finite = np.isfinite(ordered)
-    if finite.all():  # the usual case: a partial sort is enough
-        kth = sorted({last // 2, (last + 1) // 2})
-        ordered.partition(kth, axis=-1)
-        return ((ordered[..., kth[0]].astype(np.float64) + ordered[..., kth[-1]]) / 2).astype(
-            np.float32
-        )
+    missing = ~np.isfinite(ordered)
+    if missing.any():
+        ordered[missing] = np.inf  # sorted last, then left out of the count
     ordered.sort(axis=-1)
-    count = np.count_nonzero(finite, axis=-1)
-    low = np.minimum(np.maximum(count - 1, 0) // 2, last)[..., np.newaxis]
-    high = np.minimum(count // 2, last)[..., np.newaxis]
-    a = np.take_along_axis(ordered, low, axis=-1)[..., 0]
-    b = np.take_along_axis(ordered, high, axis=-1)[..., 0]
-    median = ((a.astype(np.float64) + b) / 2).astype(np.float32)
-    median[count == 0] = np.nan
-    return median
+    flat = ordered.reshape(-1, count)
+    return _middle(flat.T, missing.reshape(-1, count).T).reshape(cube.shape[1:])
+
+
+def _network_median(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """nanmedian_axis0 of equally long 1-D float32 arrays by a sorting network, in blocks."""
+    count, size = len(frames), frames[0].size
+    pairs = sorting_network(count)
+    step = max(1024, _NETWORK_BLOCK_BYTES // (4 * count))
+    result = np.empty(size, dtype=np.float32)
+    block = np.empty((count, min(step, size)), dtype=np.float32)
+    spare = np.empty(min(step, size), dtype=np.float32)
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        values = block[:, : stop - start]
+        for row, frame in zip(values, frames, strict=True):
+            np.copyto(row, frame[start:stop])
+        missing = ~np.isfinite(values)
+        if missing.any():
+            values[missing] = np.inf
+        rows = list(values)
+        low = spare[: stop - start]
+        for i, j in pairs:
+            np.minimum(rows[i], rows[j], out=low)
+            np.maximum(rows[i], rows[j], out=rows[j])
+            rows[i], low = low, rows[i]  # swap references, not pixels
+        result[start:stop] = _middle(rows, missing)
+    return result
+
+
+def _middle(ordered: Sequence[np.ndarray] | np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Median of sorted values (axis 0) of which `missing` ones (sorted last) do not count."""
+    count = len(ordered)
+    low, high = (count - 1) // 2, count // 2
+    median = (ordered[low] + ordered[high]) * np.float32(0.5)
+    if not missing.any():
+        return median.astype(np.float32, copy=False)
+    valid = count - np.count_nonzero(missing, axis=0)
+    partial = np.nonzero(valid < count)[0]
+    ordered = np.asarray(ordered)[:, partial]
+    n = valid[partial]
+    a = ordered[np.maximum(n - 1, 0) // 2, np.arange(partial.size)]
+    b = ordered[np.minimum(n // 2, count - 1), np.arange(partial.size)]
+    median[partial] = np.where(n > 0, (a + b) * np.float32(0.5), np.nan)
+    return median.astype(np.float32, copy=False)
 
 
 class FrameStack:
@@ -128,6 +191,10 @@ class FrameStack:
         height, width = self.shape
         if len(self._frames) == 1:
             return self.frame(0).copy()
+        in_memory = [f for f in self._frames if isinstance(f, np.ndarray)]
+        if len(in_memory) == len(self._frames) and len(in_memory) <= NETWORK_MAX_FRAMES:
+            # No block cube to assemble: the network reads the frames where they are.
+            return _network_median([f.reshape(-1) for f in in_memory]).reshape(self.shape)
         block = max(1, block_bytes // (len(self._frames) * width * 4))
         result = np.empty(self.shape, dtype=np.float32)
         cube = np.empty((len(self._frames), min(block, height), width), dtype=np.float32)
@@ -138,6 +205,23 @@ class FrameStack:
                 part[index] = self.rows(index, start, stop)
             result[start:stop] = nanmedian_axis0(part)
         return result
+
+
+def block_sum(image: np.ndarray, factor: int) -> np.ndarray:
+    """Sum of factor x factor blocks, float32 (edge rows and columns that do not fill a block
+    are dropped). Adding strided slices is several times faster than numpy's sum over the
+    short axes of a 4-D reshape."""
+    height, width = image.shape[0] // factor, image.shape[1] // factor
+    cropped = image[: height * factor, : width * factor].astype(np.float32, copy=False)
+    if factor == 1:
+        return cropped.copy()
+    columns = cropped[:, 0::factor].copy()
+    for offset in range(1, factor):
+        columns += cropped[:, offset::factor]
+    binned = columns[0::factor].copy()
+    for offset in range(1, factor):
+        binned += columns[offset::factor]
+    return binned
 
 
 def median_noise_factor(count: int) -> float:

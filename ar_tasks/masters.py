@@ -15,6 +15,8 @@ from .combine import FrameStack
 # Flat pixels below this fraction of the central level are not corrected (NaN in the master):
 # dividing by a near-zero response would turn noise into huge values (5.1.3 let inf through).
 FLAT_MIN_RESPONSE = 0.05
+LEVEL_SUBSAMPLE = 2  # robust_level reads every other pixel of the central region ...
+LEVEL_SUBSAMPLE_MIN_SIZE = 256  # ... of frames at least this large
 
 
 def central_region(shape: tuple[int, ...]) -> tuple[slice, slice]:
@@ -27,9 +29,12 @@ def robust_level(image: np.ndarray) -> float:
     """Median of the finite pixels of the central region, after one 5-sigma (MAD) clip.
 
     One global statistic per flat: 5.1.3 divided each column by its own mean, which erased the
-    flat's structure along x (a +-13% sky gradient remained in its stacks).
+    flat's structure along x (a +-13% sky gradient remained in its stacks). Every other pixel
+    in each axis is enough: 65,000 values of a 1024^2 frame fix the level to ~1e-5.
     """
-    values = image[central_region(image.shape)]
+    rows, columns = central_region(image.shape)
+    step = LEVEL_SUBSAMPLE if min(image.shape[-2:]) >= LEVEL_SUBSAMPLE_MIN_SIZE else 1
+    values = image[rows.start : rows.stop : step, columns.start : columns.stop : step]
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise ValueError("no finite pixel in the central region")

@@ -13,14 +13,15 @@ import math
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy import units as u
-from astropy.coordinates import Angle
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 
 from .camera import HeaderError
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
 
 # Keywords that describe a celestial WCS (or distortions of one), in any of its conventions.
 _WCS_KEY = re.compile(
@@ -41,6 +42,10 @@ def header_pointing(header: fits.Header) -> tuple[float, float]:
     for ra_key, dec_key in _POINTING_KEYS:
         if ra_key in header and dec_key in header:
             ra, dec = header[ra_key], header[dec_key]
+            # astropy.coordinates costs 0.4 s to import: only solving pays it, not every step.
+            from astropy import units as u
+            from astropy.coordinates import Angle
+
             try:
                 if isinstance(ra, str):
                     ra_deg = Angle(ra.strip(), unit=u.hourangle).degree
@@ -122,15 +127,16 @@ def merge_wcs(header: fits.Header, solution: fits.Header) -> fits.Header:
     cards = wcs_cards(solution)
     merged = strip_wcs(header.copy())
     merged.extend(cards.cards, update=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        if not celestial(merged):
-            raise ValueError("the solver's header holds no celestial WCS")
+    if not celestial(merged):
+        raise ValueError("the solver's header holds no celestial WCS")
     return merged
 
 
 def celestial(header: fits.Header) -> WCS | None:
     """The celestial WCS of a header, or None when it has none."""
+    # astropy.wcs pulls in astropy.coordinates (0.4 s): imported when a WCS is read, not before.
+    from astropy.wcs import WCS, FITSFixedWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:

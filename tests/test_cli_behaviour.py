@@ -255,7 +255,9 @@ def test_killed_run_leaves_no_partial_product(small_night):
             if p.parent.name in ("ar_masters", "ar_cosmetic", "stacked")
         ]
 
-    for delay in (0.0, 0.7):
+    # Killed once the first master exists, then once the first stack does (PNGs still to go):
+    # points reached by progress, not by a delay the reduction may outrun.
+    for stage in ("ar_masters", "stacked"):
         for path in products():
             path.unlink()
         process = subprocess.Popen(
@@ -264,10 +266,11 @@ def test_killed_run_leaves_no_partial_product(small_night):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120  # the first product, however loaded the machine is
-        while not products() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(delay)
+        deadline = time.monotonic() + 120  # however loaded the machine is
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(p.parent.name == stage for p in products()):
+                break
+            time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
         assert products()  # the kill came after some products were written

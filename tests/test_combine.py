@@ -1,21 +1,41 @@
 """Median combination: exact NaN-aware median, spilling to disk, bounded memory."""
 
+import itertools
+import warnings
+
 import numpy as np
 import pytest
 
-from ar_tasks.combine import FrameStack, median_noise_factor, nanmedian_axis0
+from ar_tasks.combine import FrameStack, median_noise_factor, nanmedian_axis0, sorting_network
 
 
-def test_nanmedian_matches_numpy():
-    rng = np.random.default_rng(0)
-    cube = rng.normal(size=(7, 30, 40)).astype(np.float32)
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 6, 7, 20, 40, 41, 64])
+def test_nanmedian_matches_numpy(count):
+    """Both routes (sorting network up to NETWORK_MAX_FRAMES, sort beyond) are exact."""
+    rng = np.random.default_rng(count)
+    cube = rng.normal(size=(count, 30, 40)).astype(np.float32)
     cube[rng.random(cube.shape) < 0.2] = np.nan
     cube[:, 0, 0] = np.nan
-    with pytest.warns(RuntimeWarning, match="All-NaN"):
-        expected = np.nanmedian(cube.astype(np.float64), axis=0)
+    cube[0, 0, 1] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(np.where(np.isinf(cube), np.nan, cube).astype(np.float64), axis=0)
     got = nanmedian_axis0(cube)
     assert np.isnan(got[0, 0])
-    np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-6)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = np.isfinite(expected)
+    assert np.array_equal(got[finite], expected[finite].astype(np.float32))
+
+
+@pytest.mark.parametrize("count", range(2, 13))
+def test_sorting_network_sorts_every_zero_one_sequence(count):
+    """The 0-1 principle: a network that sorts every 0/1 input sorts every input."""
+    for bits in itertools.product((0, 1), repeat=count):
+        values = list(bits)
+        for low, high in sorting_network(count):
+            if values[low] > values[high]:
+                values[low], values[high] = values[high], values[low]
+        assert values == sorted(values)
 
 
 @pytest.mark.parametrize("budget", [0, 10**9])

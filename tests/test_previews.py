@@ -17,10 +17,29 @@ def test_preview_of_a_product(tmp_path):
     png = previews.write_preview(path)
     assert png == tmp_path / "M-67_V_60000.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    import matplotlib.image
+    from PIL import Image
 
-    image = matplotlib.image.imread(png)
-    assert 300 < image.shape[0] < 700 and 300 < image.shape[1] < 800
+    with Image.open(png) as image:
+        width, height = image.size
+        pixels = np.asarray(image)
+    assert 300 < height < 700 and 300 < width < 800
+    # The image area is ZScale-stretched noise: it spans the grey range around mid-grey.
+    area = pixels[30:530, 20:500].astype(float)
+    assert area.std() > 25 and 90 < np.median(area) < 170
+
+
+def test_zscale_matches_astropy():
+    """Our ZScale is IRAF's algorithm, as astropy implements it (not imported at run time)."""
+    from astropy.visualization import ZScaleInterval
+
+    rng = np.random.default_rng(1)
+    for data in (
+        rng.normal(300, 10, (512, 512)),
+        rng.normal(1.0, 0.02, (300, 400)),
+        np.concatenate([rng.normal(50, 3, 250000), rng.pareto(1.5, 12000) * 500 + 50]),
+    ):
+        expected = ZScaleInterval().get_limits(data)
+        np.testing.assert_allclose(previews.zscale_limits(data), expected, rtol=1e-9)
 
 
 def test_binning_and_limits():

@@ -34,6 +34,20 @@ def test_subpixel_shifts_within_five_hundredths(sky):
         assert shift.peak_ratio > 2
 
 
+def test_sparse_field_falls_back_to_the_full_resolution_correlation():
+    """Three stars are too few to refine the binned shift: the full-resolution correlation
+    is measured instead, still within a tenth of a pixel."""
+    rng = np.random.default_rng(32)
+    stars = np.array([[120.3, 200.7, 4e4], [300.1, 90.4, 3e4], [410.6, 380.2, 5e4]])
+    reference = _noisy(render(SHAPE, stars, 3.5), rng)
+    correlator = registration.Correlator(registration.detection_image(reference))
+    for dy, dx in DITHERS:
+        frame = _noisy(render(SHAPE, stars, 3.5, dy, dx), rng)
+        shift = correlator.shift(registration.detection_image(frame))
+        assert shift.stars == 0
+        assert abs(shift.dy + dy) < 0.1 and abs(shift.dx + dx) < 0.1, (dy, dx, shift)
+
+
 def test_frame_without_sources_is_refused():
     rng = np.random.default_rng(31)
     stars, fwhm = star_field(SHAPE, rng)
