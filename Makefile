@@ -12,13 +12,14 @@ DEMO_CONF = {"first_night": "2023-05-10", "last_night": "2023-05-11", \
   "raw_root": "$(DEMO_ROOT)/raw", "products_root": "$(DEMO_ROOT)/products", \
   "astrometry": "astromatic", "refcat": "$(DEMO_ROOT)/refcat.fits"}
 
-.PHONY: install debian venv demo demo-s3 demo-cli airflow-init airflow airflow-stop test lint lock clean
+.PHONY: install debian venv demo demo-s3 demo-cli airflow-init airflow airflow-stop test lint lock clean bench
 
 install: debian venv
 
 # Debian packages from packages.txt that are not installed yet (apt-get as root, else sudo).
+PACKAGE_LIST ?= packages.txt
 debian:
-	@missing=$$(grep -vE '^\s*(#|$$)' packages.txt | while read -r p; do \
+	@missing=$$(grep -vE '^\s*(#|$$)' $(PACKAGE_LIST) | while read -r p; do \
 		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || echo "$$p"; done); \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:" $$missing; \
@@ -86,5 +87,13 @@ lint: $(VENV)/.installed
 test: install lint
 	$(BIN)/pytest -q
 
+# Benchmarks: astro_reduce 5.1.3 (own venv from PyPI), IRAF, ours and the read+write floor on
+# the same synthetic nights; rewrites the tables of BENCHMARKS.md (about 35 minutes).
+BENCH_ARGS ?= --configs 1024x5,1024x20,1024x50,2048x5,2048x20:1 --astrometry --airflow
+bench: install
+	$(MAKE) --no-print-directory debian PACKAGE_LIST=bench/packages.txt
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.report
+
 clean:
-	rm -rf $(DEMO_DIR) .airflow .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(DEMO_DIR) .airflow .pytest_cache .ruff_cache build *.egg-info bench/work bench/results

@@ -1,0 +1,149 @@
+"""Measure whole processes: wall time, CPU time and peak RSS of a command and its children.
+
+CPU time comes from wait4's rusage (the process plus every descendant it waited for). Peak RSS
+is the largest sum of the resident sets of the process tree seen by a 10 ms sampler of /proc,
+or the kernel's own maximum for the largest single process when that is higher (a process too
+short-lived to be sampled).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+SAMPLE_INTERVAL_S = 0.01
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process to measure: its argv, the folder it runs in and its extra environment."""
+
+    argv: Sequence[str]
+    cwd: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured run."""
+
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+
+
+class CommandFailed(RuntimeError):
+    """A measured command exited with a non-zero status."""
+
+
+def _tree_rss_bytes(session: int) -> int:
+    """Sum of the resident sets of every process of a session (the command's process tree)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            # fields[0] is the state (stat field 3); session is field 6, rss (pages) field 24.
+            if int(fields[3]) == session:
+                total += int(fields[21]) * PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def run_measured(command: Command, log: Path | None = None) -> Sample:
+    """Run a command to completion in its own session and measure it; raise on failure."""
+    env = {**os.environ, **command.env}
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        list(command.argv),
+        cwd=command.cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss_bytes(process.pid))
+            done.wait(SAMPLE_INTERVAL_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    finally:
+        done.set()
+        sampler.join()
+        if log:
+            out.close()
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        where = f" (log: {log})" if log else ""
+        raise CommandFailed(
+            f"{command.label or command.argv[0]} exited {process.returncode}{where}"
+        )
+    peak = max(peak, usage.ru_maxrss * 1024)
+    return Sample(wall, usage.ru_utime + usage.ru_stime, peak / 2**20)
+
+
+def run_sequence(commands: Sequence[Command], log: Path | None = None) -> Sample:
+    """Several commands run one after the other, measured as one job (e.g. setup then reduce)."""
+    samples = [run_measured(c, log) for c in commands]
+    return Sample(
+        sum(s.wall_s for s in samples),
+        sum(s.cpu_s for s in samples),
+        max(s.peak_rss_mb for s in samples),
+    )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Medians over repeated runs, with the spread of wall time."""
+
+    runs: int
+    wall_s: float
+    wall_min_s: float
+    wall_max_s: float
+    cpu_s: float
+    peak_rss_mb: float
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample]) -> Summary:
+        walls = [s.wall_s for s in samples]
+        return cls(
+            len(samples),
+            statistics.median(walls),
+            min(walls),
+            max(walls),
+            statistics.median(s.cpu_s for s in samples),
+            statistics.median(s.peak_rss_mb for s in samples),
+        )
+
+
+def self_rusage() -> tuple[float, float]:
+    """(CPU seconds, peak RSS MiB) of the current process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
