@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -333,10 +332,8 @@ def _cosmetic(
                 report("error", str(exc))
                 return False
 
-        if jobs <= 1:
-            return [n for n in names if attempt(n)]
-        with ThreadPoolExecutor(min(jobs, len(names))) as pool:
-            return [n for n, ok in zip(names, pool.map(attempt, names), strict=True) if ok]
+        succeeded = steps.run_each(attempt, names, jobs)
+        return [n for n, ok in zip(names, succeeded, strict=True) if ok]
 
     report("info", "Writing auxiliary object images:")
     calibrated = each_group(steps.calibrate_group, groups)

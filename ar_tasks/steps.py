@@ -218,15 +218,15 @@ def make_masters(
     darks = inventory.darks_by_exposure()
     log("info", "Writing master dark images:")
 
-    def dark(exposure: int) -> None:
+    def dark(exposure: int) -> dict | None:
         try:
-            qc = _master_dark(layout, exposure, darks[exposure], overwrite, log)
-            result["darks"][str(exposure)] = qc
+            return _master_dark(layout, exposure, darks[exposure], overwrite, log)
         except (FrameError, ValueError) as exc:
             result["problems"].append(_problem(log, f"Master dark {exposure} ms: {exc}"))
+            return None
 
-    _each(dark, list(darks), jobs)
-    result["darks"] = {str(e): result["darks"][str(e)] for e in darks if str(e) in result["darks"]}
+    made = zip(darks, run_each(dark, list(darks), jobs), strict=True)
+    result["darks"] = {str(e): qc for e, qc in made if qc is not None}
     log("info", "Interpolating missing master dark images:")
     missing = [e for e in inventory.needed_exposures() if e not in darks]
     if missing and not darks:
@@ -258,27 +258,26 @@ def make_masters(
                 _problem(log, f"Did not find flat field images for filter {filter_name}.")
             )
 
-    def flat(filter_name: str) -> None:
+    def flat(filter_name: str) -> dict | None:
         try:
-            qc = _master_flat(layout, filter_name, flats[filter_name], overwrite, log)
-            result["flats"][filter_name] = qc
+            return _master_flat(layout, filter_name, flats[filter_name], overwrite, log)
         except (StepError, FrameError, ValueError) as exc:
             result["problems"].append(_problem(log, f"Master flat {filter_name}: {exc}"))
+            return None
 
-    _each(flat, [f for f in needed_filters if f in flats], jobs)
-    result["flats"] = {f: result["flats"][f] for f in needed_filters if f in result["flats"]}
+    present = [f for f in needed_filters if f in flats]
+    made = zip(present, run_each(flat, present, jobs), strict=True)
+    result["flats"] = {f: qc for f, qc in made if qc is not None}
     return result
 
 
-def _each(work: Callable[[Any], None], items: list, jobs: int) -> None:
-    """Call `work` on every item, `jobs` at a time in threads (numpy releases the GIL)."""
+def run_each(work: Callable[[Any], Any], items: list, jobs: int) -> list:
+    """`work` on every item, `jobs` at a time in threads (numpy releases the GIL); the
+    results in the items' order."""
     if jobs <= 1 or len(items) <= 1:
-        for item in items:
-            work(item)
-        return
+        return [work(item) for item in items]
     with ThreadPoolExecutor(min(jobs, len(items))) as pool:
-        for future in [pool.submit(work, item) for item in items]:
-            future.result()
+        return list(pool.map(work, items))
 
 
 def _read_raw(layout: NightLayout, frame: Frame) -> RawFrame:
