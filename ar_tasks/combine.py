@@ -9,16 +9,19 @@ about flat as the number of frames grows.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
-DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024  # bytes of frames held in RAM before spilling
-DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024  # bytes of the (frames x rows x columns) block cube
+DEFAULT_MEMORY_BUDGET = 96 * 1024 * 1024  # bytes of frames a process holds in RAM together
+MEMORY_BUDGET_ENV = "AR_MEMORY_BUDGET_MB"  # overrides DEFAULT_MEMORY_BUDGET, in MiB
+DEFAULT_BLOCK_BYTES = 8 * 1024 * 1024  # bytes of the (frames x rows x columns) block cube
 
 
 NETWORK_MAX_FRAMES = 40  # up to here a sorting network beats numpy's per-pixel sort (measured)
@@ -109,18 +112,66 @@ def _middle(ordered: Sequence[np.ndarray] | np.ndarray, missing: np.ndarray) -> 
     return median.astype(np.float32, copy=False)
 
 
+class MemoryBudget:
+    """Bytes of frames that stacks sharing this budget may hold in RAM together.
+
+    One budget per process (`process_budget()`), shared by every FrameStack of every thread,
+    keeps peak memory flat however many groups run at once and however many frames they hold:
+    a stack that cannot take more spills its next frames to disk.
+    """
+
+    def __init__(self, limit: int):
+        if limit < 0:
+            raise ValueError(f"a memory budget cannot be negative ({limit} bytes)")
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def take(self, nbytes: int) -> bool:
+        """Reserve `nbytes` if they fit; False (nothing reserved) if they do not."""
+        with self._lock:
+            if self._used + nbytes > self.limit:
+                return False
+            self._used += nbytes
+            return True
+
+    def give_back(self, nbytes: int) -> None:
+        with self._lock:
+            self._used = max(0, self._used - nbytes)
+
+
+@functools.cache
+def process_budget() -> MemoryBudget:
+    """The budget shared by the whole process: AR_MEMORY_BUDGET_MB MiB, else 96 MiB."""
+    value = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    try:
+        limit = int(float(value) * 2**20) if value else DEFAULT_MEMORY_BUDGET
+    except ValueError:
+        raise ValueError(f"{MEMORY_BUDGET_ENV}={value!r} is not a number of MiB") from None
+    return MemoryBudget(limit)
+
+
 class FrameStack:
     """An append-only stack of equally shaped float32 frames, readable by row blocks.
 
-    Frames stay in memory until `memory_budget` bytes are used, then go to a scratch folder
-    (removed on close). Use as a context manager.
+    Frames stay in memory while the memory budget allows (by default the process's, shared
+    with every other stack; an int gives this stack a budget of its own), then go to a scratch
+    folder (removed on close). Use as a context manager.
     """
 
     def __init__(
         self,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | MemoryBudget | None = None,
         scratch_dir: Path | None = None,
     ):
+        if memory_budget is None:
+            memory_budget = process_budget()
+        elif isinstance(memory_budget, int):
+            memory_budget = MemoryBudget(memory_budget)
         self._budget = memory_budget
         self._scratch_parent = scratch_dir
         self._scratch: Path | None = None
@@ -143,8 +194,10 @@ class FrameStack:
         return len(self._frames)
 
     def close(self) -> None:
-        """Drop the frames and delete the scratch folder."""
+        """Drop the frames, give their bytes back to the budget and delete the scratch folder."""
         self._frames.clear()
+        self._budget.give_back(self._in_memory)
+        self._in_memory = 0
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
@@ -158,7 +211,7 @@ class FrameStack:
             self.shape = (int(frame.shape[0]), int(frame.shape[1]))
         elif frame.shape != self.shape:
             raise ValueError(f"frame shape {frame.shape} differs from the stack's {self.shape}")
-        if self._in_memory + frame.nbytes <= self._budget:
+        if self._budget.take(frame.nbytes):
             self._frames.append(frame.copy())
             self._in_memory += frame.nbytes
             return

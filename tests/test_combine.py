@@ -2,11 +2,20 @@
 
 import itertools
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from ar_tasks.combine import FrameStack, median_noise_factor, nanmedian_axis0, sorting_network
+from ar_tasks.combine import (
+    MEMORY_BUDGET_ENV,
+    FrameStack,
+    MemoryBudget,
+    median_noise_factor,
+    nanmedian_axis0,
+    process_budget,
+    sorting_network,
+)
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 6, 7, 20, 40, 41, 64])
@@ -82,3 +91,56 @@ def test_peak_memory_stays_flat_as_frames_grow(tmp_path):
         assert result[0, 0] == np.median(np.arange(count))
     assert peaks[40] < 16, peaks  # 40 float64 frames would be 80 MiB, float32 40 MiB
     assert peaks[40] < 1.5 * peaks[10] + 2, peaks
+
+
+def test_stacks_sharing_a_budget_spill_once_it_is_spent(tmp_path):
+    """Two stacks (two groups in two threads) share one budget: together they never hold
+    more than it, the second spills what the first left no room for, and closing gives back."""
+    frame = np.ones((64, 64), dtype=np.float32)  # 16 KiB
+    budget = MemoryBudget(3 * frame.nbytes)
+    first = FrameStack(memory_budget=budget, scratch_dir=tmp_path)
+    second = FrameStack(memory_budget=budget, scratch_dir=tmp_path)
+    for _ in range(2):
+        first.append(frame)
+    for value in range(3):
+        second.append(frame * value)
+    assert budget.used == 3 * frame.nbytes
+    assert len(list(tmp_path.iterdir())) == 1  # the second stack's scratch folder
+    np.testing.assert_array_equal(second.median(), frame)  # median of 0, 1, 2
+    first.close()
+    assert budget.used == frame.nbytes
+    second.close()
+    assert budget.used == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_never_hold_more_than_the_process_budget(tmp_path):
+    budget = MemoryBudget(10 * 2**16)
+    frame = np.zeros((128, 128), dtype=np.float32)  # 64 KiB
+    peak = []
+
+    def fill(_: int) -> None:
+        with FrameStack(memory_budget=budget, scratch_dir=tmp_path) as stack:
+            for _ in range(8):
+                stack.append(frame)
+                peak.append(budget.used)
+            stack.median()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(fill, range(4)))
+    assert max(peak) <= budget.limit
+    assert budget.used == 0
+
+
+def test_process_budget_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "64")
+    process_budget.cache_clear()
+    try:
+        assert process_budget().limit == 64 * 2**20
+        assert FrameStack()._budget is process_budget()
+        monkeypatch.setenv(MEMORY_BUDGET_ENV, "lots")
+        process_budget.cache_clear()
+        with pytest.raises(ValueError, match="AR_MEMORY_BUDGET_MB='lots' is not a number"):
+            process_budget()
+    finally:
+        process_budget.cache_clear()
