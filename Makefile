@@ -12,7 +12,7 @@ DEMO_CONF = {"first_night": "2023-05-10", "last_night": "2023-05-11", \
   "raw_root": "$(DEMO_ROOT)/raw", "products_root": "$(DEMO_ROOT)/products", \
   "astrometry": "astromatic", "refcat": "$(DEMO_ROOT)/refcat.fits"}
 
-.PHONY: install debian venv bytecode demo demo-s3 demo-cli airflow-init airflow airflow-stop test lint lock clean bench
+.PHONY: install debian venv bytecode demo demo-s3 demo-cli airflow-init airflow airflow-stop cluster-up cluster-down test lint lock clean bench
 
 install: debian venv
 
@@ -85,6 +85,15 @@ airflow: install
 
 airflow-stop:
 	scripts/airflow-standalone.sh stop
+
+# The distributed cluster natively (no Docker): PostgreSQL, Redis, api-server, scheduler,
+# dag-processor, triggerer and a Celery worker on 127.0.0.1, state in .cluster/ (AR_CLUSTER_HOME);
+# ports and settings in scripts/cluster-env.sh. Prints the URL, the login and the start-up time.
+cluster-up: install
+	scripts/cluster.sh up
+
+cluster-down:
+	scripts/cluster.sh down
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
