@@ -23,6 +23,7 @@ from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
 from .storage import StorageError, is_s3
+from .threads import run_each
 from .workspace import night_workspace
 
 LOG_FILE = "astro_reduce.log"
@@ -332,7 +333,7 @@ def _cosmetic(
                 report("error", str(exc))
                 return False
 
-        succeeded = steps.run_each(attempt, names, jobs)
+        succeeded = run_each(attempt, names, jobs)
         return [n for n, ok in zip(names, succeeded, strict=True) if ok]
 
     report("info", "Writing auxiliary object images:")

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import camera
 from .fitsio import FrameError, read_frame
+from .threads import default_jobs, run_each
 
 INVENTORY_VERSION = 1
 MAX_NONFINITE_FRACTION = 0.5  # a frame with more NaN/inf pixels than this is unusable
@@ -228,12 +229,15 @@ def inspect(night_dir: Path, relative: str) -> Frame:
     return frame
 
 
-def take_inventory(night_dir: Path, previous: Inventory | None = None) -> Inventory:
+def take_inventory(
+    night_dir: Path, previous: Inventory | None = None, jobs: int | None = None
+) -> Inventory:
     """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/.
 
     Frames of `previous` whose file has the same size and modification time are reused without
     reading them again (reading every frame of a night costs more than the rest of a rerun);
-    every step checks the SHA-256 when it reads a frame, so a change is still caught.
+    every step checks the SHA-256 when it reads a frame, so a change is still caught. The
+    files are read `jobs` at a time (default: the cores), in threads.
     """
     night_dir = Path(night_dir)
     paths, ignored = find_raw_files(night_dir)
@@ -241,15 +245,21 @@ def take_inventory(night_dir: Path, previous: Inventory | None = None) -> Invent
     inventory = Inventory(warnings=ignored)
     candidates: list[tuple[Frame, tuple[int, int]]] = []
     raw_names: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for relative in paths:
+
+    def examine(relative: str) -> Frame | Problem:
         frame = known.get(relative)
-        if not _unchanged(night_dir, frame):
-            try:
-                frame = inspect(night_dir, relative)
-            except (FrameError, camera.HeaderError) as exc:
-                inventory.quarantined.append(Problem(relative, str(exc)))
-                continue
-        assert frame is not None
+        if _unchanged(night_dir, frame):
+            assert frame is not None
+            return frame
+        try:
+            return inspect(night_dir, relative)
+        except (FrameError, camera.HeaderError) as exc:
+            return Problem(relative, str(exc))
+
+    for frame in run_each(examine, paths, default_jobs() if jobs is None else jobs):
+        if isinstance(frame, Problem):
+            inventory.quarantined.append(frame)
+            continue
         candidates.append((frame, frame.shape))
         if frame.kind == "object":
             raw_names[("OBJECT", frame.object)].add(frame.raw_object)

@@ -38,6 +38,7 @@ from .inventory import Frame, GroupKey, Inventory, take_inventory
 from .layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
 from .previews import png_path, refresh_previews
 from .provenance import input_key, is_current, product_key, stamp
+from .threads import run_each
 
 TEMPORARY_MAX_AGE = 600.0  # s: older temporary files were left by killed writers
 SCRATCH_MAX_AGE = 6 * 3600.0  # s: an astrometry scratch folder may wait on a slow web service
@@ -269,15 +270,6 @@ def make_masters(
     made = zip(present, run_each(flat, present, jobs), strict=True)
     result["flats"] = {f: qc for f, qc in made if qc is not None}
     return result
-
-
-def run_each(work: Callable[[Any], Any], items: list, jobs: int) -> list:
-    """`work` on every item, `jobs` at a time in threads (numpy releases the GIL); the
-    results in the items' order."""
-    if jobs <= 1 or len(items) <= 1:
-        return [work(item) for item in items]
-    with ThreadPoolExecutor(min(jobs, len(items))) as pool:
-        return list(pool.map(work, items))
 
 
 def _read_raw(layout: NightLayout, frame: Frame) -> RawFrame:

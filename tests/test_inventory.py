@@ -70,3 +70,16 @@ def test_unchanged_files_are_not_read_again(tmp_path):
     os.utime(path)  # a real modification time
     again = take_inventory(tmp_path, previous=first)
     assert again.frames[0].exposure_ms == 30000 and again.frames[0].sha256 != first.frames[0].sha256
+
+
+def test_threads_give_the_same_inventory(tmp_path):
+    """Reading the files in threads changes nothing: same frames, problems and warnings."""
+    for index in range(6):
+        _write(tmp_path / f"DARK/d{index}.fits", EXPTIME=10 * (index % 2 + 1))
+        _write(tmp_path / f"ORIGINAL/o{index}.fits", EXPTIME=10, FILTER="V", OBJECT=f"M {index}")
+    (tmp_path / "FLAT").mkdir()
+    (tmp_path / "FLAT/broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    _write(tmp_path / "FLAT/wide.fits", shape=(32, 40), EXPTIME=1, FILTER="V")
+    serial, threaded = take_inventory(tmp_path, jobs=1), take_inventory(tmp_path, jobs=3)
+    assert threaded.to_json() == serial.to_json()
+    assert [p.path for p in threaded.quarantined] == ["FLAT/broken.fits", "FLAT/wide.fits"]
