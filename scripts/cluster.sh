@@ -63,15 +63,8 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 # ---------------------------------------------------------------------------------------------
 # Processes
 
-# Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or nothing.
-start_ticks() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
-  stat="${stat##*) }" # the command name may contain spaces and parentheses
-  # shellcheck disable=SC2086
-  set -- $stat
-  echo "${20}"
-}
+# shellcheck source=scripts/proc-lib.sh
+source "$here/proc-lib.sh"
 
 # Live (non-zombie) processes of session $1, one "pid pgid" per line.
 session_procs() {

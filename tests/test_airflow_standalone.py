@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,23 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port, port_open
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "airflow-standalone.sh"
 
 pytestmark = pytest.mark.timeout(180)  # curl comes from packages.txt (make install)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def session_members(sid: int) -> list[str]:

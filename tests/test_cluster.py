@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from ports import free_port, port_open
 
 from ar_tasks.storage import local_files
 from ar_tasks.synthetic import NightSpec, write_night
@@ -49,18 +49,6 @@ GROUPS = 2
 CONF = {"png": False, "astrometry": "none"}  # the cheapest reduction
 
 pytestmark = pytest.mark.timeout(420)  # postgresql-15, redis-server, curl: make install
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def proc_stat(pid: str) -> tuple[str, int, int] | None:
