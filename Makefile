@@ -105,7 +105,7 @@ test: install lint
 # Benchmarks: astro_reduce 5.1.3 (own venv from PyPI), IRAF, ours and the read+write floor on
 # the same synthetic nights; rewrites the tables of BENCHMARKS.md (about 23 minutes on 2 cores).
 BENCH_ARGS ?= --configs 1024x5,1024x20,1024x50:2,2048x5:2,2048x20:1 --astrometry --airflow
-bench: install bytecode
+bench: install
 	$(MAKE) --no-print-directory debian PACKAGE_LIST=bench/packages.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.report

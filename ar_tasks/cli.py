@@ -23,7 +23,7 @@ from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
 from .storage import StorageError, is_s3
-from .threads import run_each
+from .threads import default_jobs, run_each
 from .workspace import night_workspace
 
 LOG_FILE = "astro_reduce.log"
@@ -152,7 +152,10 @@ class Reporter:
     "--online-timeout", type=float, help="Seconds per image with -no, retries included (600)."
 )
 @click.option(
-    "--jobs", type=int, default=0, help="Groups or images processed at once (default: CPU count)."
+    "--jobs",
+    type=int,
+    default=0,
+    help="Groups or images processed at once (default: CPU count; at most 4 groups).",
 )
 @click.option(
     "--raw", help="The night's raw folder (DARK, FLAT, ORIGINAL) or s3:// URL [default: here]."
@@ -312,7 +315,7 @@ def _cosmetic(
     layout: NightLayout, inventory: Inventory, report: Reporter, options: dict[str, Any]
 ) -> None:
     overwrite = options["overwrite"]
-    jobs = options["jobs"] or os.cpu_count() or 1
+    jobs = options["jobs"] or default_jobs()
     if options["nomaster"]:
         if not layout.masters.is_dir():
             raise steps.StepError(

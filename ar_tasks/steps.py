@@ -15,7 +15,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -722,10 +721,9 @@ def solve_group(
     images = astrometry_images(layout, group_name, include_stack)
     if not images:
         raise StepError(f"No calibrated frame or stack of {group_name} to solve.")
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        records = list(
-            pool.map(lambda p: astrometry.solve_image(layout.out_dir, p, options, log), images)
-        )
+    records = run_each(
+        lambda path: astrometry.solve_image(layout.out_dir, path, options, log), images, jobs
+    )
     result: dict[str, Any] = {"group": group_name, "solver": options.solver, "images": records}
     for status in ("solved", "failed", "reused", "catalogued"):
         result[status] = sum(r["status"] == status for r in records)
