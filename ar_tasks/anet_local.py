@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from . import externals
 from .astro_config import config_file
+from .lazy_import import fits
 
 INDEX_ENV = "AR_ANET_INDEX_DIR"
 SYSTEM_INDEX_DIR = "/usr/share/astrometry"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from .anet_local import HINT_RADIUS_DEG, SCALE_TOLERANCE
+from .lazy_import import fits
 from .wcs_headers import celestial
 
 API_KEY_ENV = "AR_ASTROMETRY_NET_API_KEY"

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astropy.io import fits
-
 from . import externals
 from .astro_config import config_file
+from .lazy_import import fits
 
 MIN_CONTRAST = 10.0  # 5.1.3's gate on XY_Contrast; good solves give 20-80, failures 0-2
 MIN_MATCHED_REFERENCES = 10

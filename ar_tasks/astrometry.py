@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astropy.io import fits
-
 from . import anet_local, anet_online, astromatic, externals, refcat
 from .astro_config import ConfigError, config_file, configs_key
 from .camera import HeaderError
 from .fitsio import read_product, set_card, sha256_file, write_image
 from .layout import ASTROMATIC_FOLDERS, REDUCED
+from .lazy_import import fits
 from .provenance import KEY_KEYWORD, input_key, is_current, product_key, stamp
 from .wcs_headers import (
     header_pointing,
@@ -392,7 +391,7 @@ def _write_reduced(image: Path, target: Path, outcome: _Outcome, key: str) -> No
     assert outcome.solution is not None
     data, header = read_product(image)
     try:
-        merged = merge_wcs(header, outcome.solution)
+        merged = merge_wcs(header.to_astropy(), outcome.solution)
     except ValueError as exc:
         raise UnusableSolution(f"{outcome.solver}: {exc}") from exc
     set_card(merged, "ASTSOLVR", outcome.solver, "astrometric solver")

@@ -13,4 +13,6 @@ def calibrate(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray) -> np.ndarray
     """
     if not raw.shape == dark.shape == flat.shape:
         raise ValueError(f"shapes differ: raw {raw.shape}, dark {dark.shape}, flat {flat.shape}")
-    return ((raw.astype(np.float32) - dark) / flat).astype(np.float32)
+    aux = np.subtract(raw, dark, dtype=np.float32)  # one new frame, divided in place
+    aux /= flat
+    return aux

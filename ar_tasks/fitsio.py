@@ -1,8 +1,10 @@
 """Reading raw frames and writing products, with the failure modes named.
 
 Raw files are read once into memory (so the bytes we hash are the bytes we reduce), gzip is
-undone by its magic bytes, fpack's compressed image extension is found, truncation is an error
-rather than a warning, and products appear only when complete (temporary name, then rename).
+undone by its magic bytes, truncation is an error rather than a warning, and products appear
+only when complete (temporary name, then rename). Plain FITS images (a 2-D primary HDU: every
+T120 frame and every product of ours) are parsed with numpy alone; anything else (image
+extensions, fpack compression) goes through astropy, imported only then.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
-from astropy.io import fits
-from astropy.io.fits.verify import VerifyWarning
+
+from .fitschecksum import ALL_ONES, PLACEHOLDER, encode, fold, ones_complement_sum
+from .fitsheader import BLOCK, CARD, END_CARD, Header, HeaderError
 
 _GZIP_MAGIC = b"\x1f\x8b"
-# Keywords that describe the stored representation, never copied from a raw header to a product.
-_STRUCTURAL = ("BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM")
+_END = END_CARD.encode("ascii")
+_PIXEL_TYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
 class FrameError(ValueError):
@@ -34,7 +39,7 @@ class RawFrame:
     """One image read from disk: float32 pixels, its header and the SHA-256 of the file bytes."""
 
     data: np.ndarray
-    header: fits.Header
+    header: Header
     sha256: str
 
 
@@ -59,26 +64,111 @@ def read_frame(path: Path) -> RawFrame:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise FrameError(f"is a damaged gzip file ({exc})") from None
-    truncated = FrameError(f"is truncated ({len(raw)} bytes, fewer than its FITS header promises)")
+    image = _plain_image(raw)
+    if image is None:
+        image = _image_by_astropy(raw)
+    header, pixels = image
+    return RawFrame(pixels, header, sha)
+
+
+def _truncated(size: int) -> FrameError:
+    return FrameError(f"is truncated ({size} bytes, fewer than its FITS header promises)")
+
+
+def header_end(raw: bytes) -> int | None:
+    """Offset of the first byte after the primary header (a whole number of blocks), or
+    None when no END card is found."""
+    position = raw.find(_END)
+    while position >= 0:
+        if position % CARD == 0:
+            return position + CARD + (-(position + CARD) % BLOCK)
+        position = raw.find(_END, position + 1)
+    return None
+
+
+def _plain_image(raw: bytes) -> tuple[Header, np.ndarray] | None:
+    """Header and float32 pixels of a plain 2-D primary image; None for anything else.
+
+    Only a file whose data would be cut short raises here (FrameError); every other oddity is
+    left to astropy, whose messages then name it.
+    """
+    if not raw.startswith(b"SIMPLE  ="):
+        return None
+    end = header_end(raw)
+    if end is None:
+        return None
+    try:
+        header = Header.parse(raw[:end])
+    except HeaderError:
+        return None
+    shape = _image_shape(header)
+    if shape is None:
+        return None
+    dtype = np.dtype(_PIXEL_TYPES[header["BITPIX"]])
+    count = shape[0] * shape[1]
+    if len(raw) < end + count * dtype.itemsize:
+        raise _truncated(len(raw))
+    stored = np.frombuffer(raw, dtype, count, end).reshape(shape)
+    return header, _physical(stored, header)
+
+
+def _image_shape(header: Header) -> tuple[int, int] | None:
+    """(NAXIS2, NAXIS1) of a simple 2-D image with known BITPIX and numeric scaling."""
+    if header.get("SIMPLE") is not True or header.get("NAXIS") != 2 or "GROUPS" in header:
+        return None
+    if header.get("BITPIX") not in _PIXEL_TYPES:
+        return None
+    width, height = header.get("NAXIS1"), header.get("NAXIS2")
+    scaling = (header.get("BSCALE", 1), header.get("BZERO", 0), header.get("BLANK", 0))
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in scaling):
+        return None
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        return None
+    return height, width
+
+
+def _physical(stored: np.ndarray, header: Header) -> np.ndarray:
+    """Stored values to float32 physical values (BSCALE, BZERO); BLANK pixels become NaN."""
+    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+    integer = stored.dtype.kind in "iu"
+    # 8/16-bit integers and their usual offsets are exact in float32, wider ones need float64.
+    work = np.float32 if stored.dtype.itemsize <= 2 or not integer else np.float64
+    data = stored.astype(work)
+    if bscale != 1:
+        data *= work(bscale)
+    if bzero != 0:
+        data += work(bzero)
+    if integer and "BLANK" in header:
+        data[stored == header["BLANK"]] = np.nan
+    return data if data.dtype == np.float32 else data.astype(np.float32)
+
+
+def _image_by_astropy(raw: bytes) -> tuple[Header, np.ndarray]:
+    """Extensions, compressed images and odd headers: astropy reads them, or says why not."""
+    from astropy.io import fits
+
+    truncated = _truncated(len(raw))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with fits.open(io.BytesIO(raw), memmap=False, lazy_load_hdus=False) as hdus:
                 hdu = _image_hdu(hdus)
-                header = hdu.header.copy()
+                header = Header.from_astropy(hdu.header)
                 pixels = np.asarray(hdu.data, dtype=np.float32)
         except FrameError:
             raise
         except (OSError, TypeError, ValueError, IndexError, KeyError) as exc:
-            if _truncated(caught):
+            if _warned_truncated(caught):
                 raise truncated from None
             raise FrameError(f"is not a readable FITS image ({_first_sentence(exc)})") from None
-    if _truncated(caught):
+    if _warned_truncated(caught):
         raise truncated
-    return RawFrame(pixels, header, sha)
+    return header, pixels
 
 
-def _image_hdu(hdus: fits.HDUList) -> fits.hdu.base.ExtensionHDU:
+def _image_hdu(hdus: Any) -> Any:
+    from astropy.io import fits
+
     for hdu in hdus:
         if (
             isinstance(hdu, fits.CompImageHDU | fits.PrimaryHDU | fits.ImageHDU)
@@ -92,55 +182,83 @@ def _first_sentence(exc: Exception) -> str:
     return str(exc).split(". ")[0].rstrip(".")
 
 
-def _truncated(caught: list[warnings.WarningMessage]) -> bool:
+def _warned_truncated(caught: list[warnings.WarningMessage]) -> bool:
     return any("truncated" in str(w.message) for w in caught)
 
 
-def product_header(source: fits.Header | None) -> fits.Header:
-    """A copy of a raw header fit for a float32 product: structural keywords dropped."""
-    header = fits.Header() if source is None else source.copy(strip=True)
-    for key in _STRUCTURAL:
-        header.remove(key, ignore_missing=True, remove_all=True)
-    return header
+def product_header(source: Any = None) -> Header:
+    """A copy of a raw header (ours or astropy's) fit for a float32 product: the cards that
+    describe the stored array dropped."""
+    if source is None:
+        return Header()
+    if not isinstance(source, Header):
+        source = Header.from_astropy(source)
+    return source.without_structure()
 
 
-def set_card(header: fits.Header, key: str, value: object, comment: str = "") -> None:
+def set_card(header: Any, key: str, value: object, comment: str = "") -> None:
     """Set a keyword, keeping the comment only when the card still fits in 80 characters."""
-    header[key] = value
-    if comment and len(str(header.cards[key])) + len(comment) + 3 <= 80:
+    if isinstance(header, Header):
+        header.set(key, value, comment, whole_comment=True)
+        return
+    header[key] = value  # an astropy header (reference catalogues)
+    if comment and len(str(header.cards[key])) + len(comment) + 3 <= CARD:
         header.comments[key] = comment
 
 
-def write_image(path: Path, data: np.ndarray, header: fits.Header | None = None) -> Path:
+def encode_image(data: np.ndarray, header: Any = None) -> tuple[bytes, np.ndarray]:
+    """The header bytes and big-endian float32 pixels of a product, CHECKSUM and DATASUM set.
+
+    Sums are computed with no timestamp, so equal inputs give identical bytes.
+    """
+    pixels = np.ascontiguousarray(data, dtype=">f4")
+    full = Header()
+    full["SIMPLE"] = (True, "conforms to FITS standard")
+    full["BITPIX"] = (-32, "array data type")
+    full["NAXIS"] = (pixels.ndim, "number of array dimensions")
+    for axis, length in enumerate(reversed(pixels.shape), start=1):
+        full[f"NAXIS{axis}"] = length
+    full["EXTEND"] = True
+    body = product_header(header)
+    if any(card.startswith("CONTINUE") for card in body.cards()) and "LONGSTRN" not in body:
+        full["LONGSTRN"] = ("OGIP 1.0", "long strings continue on CONTINUE cards")
+    full = Header(full.cards() + body.cards())
+    datasum = ones_complement_sum(pixels.reshape(-1))
+    full["CHECKSUM"] = (PLACEHOLDER, "HDU checksum")
+    full["DATASUM"] = (str(datasum), "data unit checksum")
+    full["CHECKSUM"] = (encode(ones_complement_sum(full.tobytes(), datasum)), "HDU checksum")
+    return full.tobytes(), pixels
+
+
+def write_image(path: Path, data: np.ndarray, header: Any = None) -> Path:
     """Write a float32 image atomically: a temporary file in the same folder, then a rename.
 
     A crash leaves either the old product or the new one, never a partial file under the name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=product_header(header))
-    hdu.add_checksum(when="")  # no timestamp: reruns give identical bytes
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", VerifyWarning)
-            hdu.writeto(tmp_name, overwrite=True, output_verify="fix")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    head, pixels = encode_image(data, header)
+    padding = bytes(-pixels.nbytes % BLOCK)
+
+    def write(stream: IO[bytes]) -> None:
+        stream.write(head)
+        stream.write(pixels.reshape(-1).view(np.uint8).data)
+        stream.write(padding)
+
+    return write_atomic(path, write)
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> Path:
     """Write any small product (JSON, PNG) atomically, like write_image."""
+    return write_atomic(path, lambda stream: stream.write(payload))
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call `write` on a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
+            write(stream)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -148,7 +266,48 @@ def write_bytes_atomic(path: Path, payload: bytes) -> Path:
     return path
 
 
-def read_product(path: Path) -> tuple[np.ndarray, fits.Header]:
-    """Read one of our own float32 products."""
-    with fits.open(path, memmap=False) as hdus:
-        return np.asarray(hdus[0].data, dtype=np.float32), hdus[0].header.copy()
+def read_product(path: Path) -> tuple[np.ndarray, Header]:
+    """Read one of our own float32 products (or any 2-D FITS image) as float32 pixels."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise FrameError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    image = _plain_image(raw) or _image_by_astropy(raw)
+    return image[1], image[0]
+
+
+def read_header(path: Path) -> Header:
+    """The primary header alone, read block by block up to its END card."""
+    blocks = bytearray()
+    with open(path, "rb") as stream:
+        while True:
+            block = stream.read(BLOCK)
+            if len(block) < BLOCK:
+                raise FrameError(f"{path} has no END card: not a FITS file, or truncated")
+            blocks += block
+            if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
+                return Header.parse(bytes(blocks))
+
+
+def checksums_hold(path: Path) -> bool:
+    """True when the primary HDU's DATASUM and CHECKSUM (where present) match its bytes."""
+    try:
+        raw = Path(path).read_bytes()
+        end = header_end(raw)
+        if end is None:
+            return False
+        header = Header.parse(raw[:end])
+    except (OSError, HeaderError):
+        return False
+    if "CHECKSUM" not in header and "DATASUM" not in header:
+        return True
+    size = abs(int(header.get("BITPIX", 8))) // 8 if header.get("NAXIS", 0) else 0
+    for axis in range(1, int(header.get("NAXIS", 0)) + 1):
+        size *= int(header.get(f"NAXIS{axis}", 0))
+    size += -size % BLOCK
+    if len(raw) < end + size:
+        return False
+    datasum = ones_complement_sum(raw[end : end + size])
+    if "DATASUM" in header and str(header["DATASUM"]).strip() != str(datasum):
+        return False
+    return "CHECKSUM" not in header or fold(ones_complement_sum(raw[:end]) + datasum) == ALL_ONES

@@ -12,12 +12,9 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-
-import astropy
-import numpy
-import scipy
 
 from . import __version__, camera, steps
 from .astrometry import AstrometryOptions
@@ -385,9 +382,6 @@ def _products(
 
 
 def _versions() -> dict[str, str]:
-    return {
-        "ar_tasks": __version__,
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "astropy": astropy.__version__,
-    }
+    """The versions behind the products (read from the installed metadata, not by importing
+    the packages: a cosmetic run never imports astropy)."""
+    return {"ar_tasks": __version__, **{name: version(name) for name in ("numpy", "astropy")}}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from . import externals
+from .lazy_import import fits
 
 # Column names accepted for (RA, Dec, magnitude), in order of preference.
 RA_COLUMNS = ("RA", "RA_ICRS", "X_WORLD", "RAJ2000", "ALPHA_J2000")

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from . import astrometry, calibration, masters, registration
 from .combine import FrameStack, median_noise_factor
+from .fitsheader import Header
 from .fitsio import (
     FrameError,
     RawFrame,
     product_header,
     read_frame,
+    read_header,
     read_product,
     set_card,
     write_bytes_atomic,
@@ -329,10 +330,13 @@ def _master_dark(
 
 
 def _frame_noise(stack: FrameStack) -> float:
-    """Per-frame noise (ADU) from the difference of the first two frames (robust MAD)."""
+    """Per-frame noise (ADU) from the difference of the first two frames (robust MAD).
+
+    Every other pixel in each axis: a quarter of a 1024^2 frame fixes it to ~0.3%.
+    """
     if len(stack) < 2:
         return float("nan")
-    diff = stack.frame(0) - stack.frame(1)
+    diff = stack.frame(0)[::2, ::2] - stack.frame(1)[::2, ::2]
     diff = diff[np.isfinite(diff)]
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2))
 
@@ -376,7 +380,7 @@ def _interpolated_darks(
                         counts,
                     )
                 data = masters.interpolate_dark(model[0], model[1], exposure)
-            header = fits.Header()
+            header = Header()
             header["FILTER"] = " " * 8
             _set_type(header, "Interpolated dark", exposure, "DARK")
             header["ARDKFROM"] = (
@@ -442,7 +446,7 @@ def _master_flat(
     return qc
 
 
-def _set_type(header: fits.Header, imagetyp: str, exposure_ms: int, obj: str) -> None:
+def _set_type(header: Header, imagetyp: str, exposure_ms: int, obj: str) -> None:
     """astro_reduce's product keywords (exposure -1000 ms gives its EXPTIME -1 of flats)."""
     seconds = exposure_ms / 1000
     header["IMAGETYP"] = imagetyp
@@ -451,7 +455,7 @@ def _set_type(header: fits.Header, imagetyp: str, exposure_ms: int, obj: str) ->
     header["OBJECT"] = obj
 
 
-def _add_inputs(header: fits.Header, frames: list[Frame]) -> None:
+def _add_inputs(header: Header, frames: list[Frame]) -> None:
     """NCOMBINE and IRAF-style IMCMBnnn cards naming every input frame."""
     header["NCOMBINE"] = (len(frames), "number of frames combined")
     for index, frame in enumerate(frames[:999], start=1):
@@ -587,7 +591,7 @@ def _stack_group(
         "frames": len(frames),
     }
     if not overwrite and is_current(path, key):
-        header = fits.getheader(path)
+        header = read_header(path)
         qc.update(
             reused=True,
             combined=int(header.get("NCOMBINE", 1)),
@@ -625,7 +629,8 @@ def _stack_group(
         for index in used:
             aux = read_product(layout.aux(frames[index]))[0]
             shifted = registration.shift_image(aux, shifts[index].dy, shifts[index].dx)
-            aligned.append(shifted + np.float32(skies[ref_index] - skies[index]))
+            shifted += np.float32(skies[ref_index] - skies[index])
+            aligned.append(shifted)
         data = aligned.median()
     reference = frames[ref_index]
     header = product_header(read_frame(layout.raw(reference)).header)

@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from astropy.io import fits
-
+from .fitsio import read_header
 from .layout import COSMETIC, MASTERS, REDUCED, STACKED
 
 
@@ -30,11 +29,11 @@ def summarise(night_dir: Path) -> str:
         )
         lines += [f"  problem: {problem}" for problem in record["problems"]]
     for stack in sorted((night_dir / STACKED).glob("*.fits")):
-        header = fits.getheader(stack)
+        header = read_header(stack)
         solved = night_dir / REDUCED / stack.name
         wcs = ""
         if solved.is_file():
-            solution = fits.getheader(solved)
+            solution = read_header(solved)
             wcs = f", WCS by {solution['ASTSOLVR']}"
             if "ASTSIGMA" in solution:
                 wcs += f' ({solution.get("ASTNREF", "?")} stars, {solution["ASTSIGMA"]:.3f}")'

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 
 from .camera import HeaderError
+from .lazy_import import fits
 
 if TYPE_CHECKING:
     from astropy.wcs import WCS

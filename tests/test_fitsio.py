@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import numpy as np
 import pytest
@@ -70,8 +71,133 @@ def test_write_is_atomic_reproducible_and_valid(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(fits.PrimaryHDU, "writeto", crash)
+    monkeypatch.setattr(fitsio.os, "replace", crash)  # the new file is complete, not renamed
     with pytest.raises(OSError, match="disk full"):
         fitsio.write_image(target, np.zeros((8, 8)), header)
     assert target.read_bytes() == first  # the old product is intact
     assert sorted(p.name for p in target.parent.iterdir()) == ["product.fits"]  # no partial file
+
+
+@pytest.mark.parametrize(
+    ("bitpix", "scaling"),
+    [(8, {}), (16, {"BZERO": 32768, "BSCALE": 1}), (32, {"BZERO": 2**31}), (-32, {}),
+     (-64, {"BSCALE": 2.5, "BZERO": -3.0}), (16, {"BSCALE": 0.5, "BZERO": 10.0})],
+)  # fmt: skip
+def test_plain_images_read_as_astropy_reads_them(tmp_path, bitpix, scaling):
+    path = tmp_path / "frame.fits"
+    dtype = {8: np.uint8, 16: np.int16, 32: np.int32, -32: np.float32, -64: np.float64}[bitpix]
+    stored = (np.arange(40 * 30).reshape(40, 30) % 200).astype(dtype)
+    header = fits.Header({"BITPIX": bitpix, **scaling, "EXPTIME": 5})
+    hdu = fits.PrimaryHDU(stored, header=header, do_not_scale_image_data=True)
+    hdu.header.update(scaling)
+    hdu.writeto(path)
+    frame = fitsio.read_frame(path)
+    with fits.open(path) as hdus:
+        expected = np.asarray(hdus[0].data, dtype=np.float32)
+    np.testing.assert_allclose(frame.data, expected, rtol=1e-7)
+    assert frame.data.dtype == np.float32 and frame.header["EXPTIME"] == 5
+
+
+def test_blank_pixels_become_nan(tmp_path):
+    path = tmp_path / "frame.fits"
+    stored = np.full((6, 5), 7, dtype=np.int16)
+    stored[2, 3] = -999
+    fits.PrimaryHDU(stored, header=fits.Header({"BLANK": -999})).writeto(path)
+    data = fitsio.read_frame(path).data
+    assert np.isnan(data[2, 3]) and np.count_nonzero(np.isnan(data)) == 1
+
+
+def test_products_carry_checksums_astropy_and_fitsverify_accept(tmp_path):
+    header = fitsio.Header()
+    header["OBJECT"] = "NGC 2420 'a'"
+    header["LONGPATH"] = ("ORIGINAL/" + "x" * 150 + ".fits", "a long string")
+    header.add_history("h" * 100)
+    for shape in [(64, 48), (3, 5)]:
+        data = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+        path = fitsio.write_image(tmp_path / f"p{shape[0]}.fits", data, header)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed checksum is a warning in astropy
+            with fits.open(path, checksum=True) as hdus:
+                np.testing.assert_array_equal(hdus[0].data, data)
+                assert hdus[0].header["LONGPATH"] == header["LONGPATH"]
+                assert hdus[0].header["OBJECT"] == "NGC 2420 'a'"
+        assert fitsio.checksums_hold(path)
+        fitsverify([path])
+
+
+def test_checksums_catch_damage_anywhere(tmp_path):
+    path = tmp_path / "p.fits"
+    fits.PrimaryHDU(np.ones((32, 32), np.float32)).writeto(path, checksum=True)
+    assert fitsio.checksums_hold(path)  # astropy's sums, checked by ours
+    good = path.read_bytes()
+    for offset in (200, 2880 + 100):  # a header byte, a data byte
+        damaged = bytearray(good)
+        damaged[offset] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        assert not fitsio.checksums_hold(path)
+    path.write_bytes(good[:-2880])
+    assert not fitsio.checksums_hold(path)
+    fits.PrimaryHDU(np.ones((4, 4), np.float32)).writeto(path, overwrite=True)
+    assert fitsio.checksums_hold(path)  # no sums written: nothing to contradict
+
+
+def test_header_values_parse_as_astropy_parses_them():
+    source = fits.Header()
+    source["STR"] = ("it''s 'quoted' ", "comment / with slash")
+    source["EMPTY"] = ""
+    source["LONG"] = "y" * 200
+    source["INT"] = -42
+    source["FLOAT"] = (1.5e-12, "tiny")
+    source["BIG"] = 6.02e23
+    source["TRUE"] = True
+    source["FALSE"] = False
+    source["UNDEF"] = None
+    source["HIERARCH ESO DET TEMP"] = -100.5
+    source.add_history("first")
+    ours = fitsio.Header.from_astropy(source)
+    for key in ("STR", "EMPTY", "LONG", "INT", "FLOAT", "BIG", "TRUE", "FALSE", "UNDEF"):
+        assert ours[key] == source[key], key
+        assert type(ours[key]) is type(source[key]), key
+    assert ours["ESO DET TEMP"] == -100.5 and "esO det temp" in ours
+    assert ours.comment("STR") == "comment / with slash"
+    again = fits.Header.fromstring(fitsio.Header.from_astropy(source).tostring())
+    assert again == source
+    assert fitsio.Header.parse(b"EXPTIME =                60D-1 / exponent in D".ljust(80))[
+        "EXPTIME"
+    ] == pytest.approx(6.0)
+
+
+def test_header_writes_cards_astropy_reads_back():
+    ours = fitsio.Header()
+    values = {"A": 1, "B": -2.5e-7, "C": True, "D": "text", "E": 12345678901234, "F": 0.1}
+    for key, value in values.items():
+        ours[key] = (value, "c" * 90)  # comments longer than the card are cut
+    ours.set("G", "g", "k" * 90, whole_comment=True)  # ... or left out
+    ours["D"] = "replaced"  # in place
+    ours.remove("A")
+    read = fits.Header.fromstring(ours.tostring())
+    assert list(read) == ["B", "C", "D", "E", "F", "G"]
+    assert read["B"] == -2.5e-7 and read["C"] is True and read["D"] == "replaced"
+    assert read["E"] == 12345678901234 and read["F"] == 0.1 and read.comments["G"] == ""
+    assert all(len(card) == 80 for card in ours.cards())
+    with pytest.raises(fitsio.HeaderError, match="NaN"):
+        ours["NAN"] = float("nan")
+    with pytest.raises(fitsio.HeaderError, match="not a standard FITS keyword"):
+        ours["TOO-LONG-KEY"] = 1
+    ours["PATH"] = "café"
+    assert fits.Header.fromstring(ours.tostring())["PATH"] == "caf\\xe9"
+
+
+def test_the_cosmetic_path_never_imports_astropy():
+    """astropy.io.fits costs 0.2 s per process: `--setup` and a night reduced without
+    astrometry must not pay for it (the astrometry imports it on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ar_tasks.cli, ar_tasks.steps, ar_tasks.pipeline\n"
+        "print(sorted(m for m in sys.modules if m.startswith('astropy.io')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
