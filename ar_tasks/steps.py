@@ -9,6 +9,7 @@ provenance key shows they were made from the same inputs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from .inventory import Frame, GroupKey, Inventory, take_inventory
 from .layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
 from .previews import png_path, refresh_previews
 from .provenance import input_key, is_current, product_key, stamp
-from .threads import run_each
+from .threads import default_jobs, run_each
 
 TEMPORARY_MAX_AGE = 600.0  # s: older temporary files were left by killed writers
 SCRATCH_MAX_AGE = 6 * 3600.0  # s: an astrometry scratch folder may wait on a slow web service
@@ -112,16 +113,22 @@ def _previous_inventory(layout: NightLayout) -> Inventory | None:
 
 
 def _make_working_copies(layout: NightLayout, inventory: Inventory, link: bool) -> None:
+    """Copies (in threads: the copies are kernel work) or relative links."""
     for kind in WORKING_FOLDERS:
         directory = layout.working_dir(kind)
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        for frame in inventory.of_kind(kind):
-            target = directory / frame.working_name
-            if link:
-                target.symlink_to(os.path.relpath(layout.raw(frame), directory))
-            else:
-                shutil.copyfile(layout.raw(frame), target)
+
+    def place(frame: Frame) -> None:
+        target = layout.working_dir(frame.kind) / frame.working_name
+        if link:
+            target.symlink_to(os.path.relpath(layout.raw(frame), target.parent))
+        else:
+            shutil.copyfile(layout.raw(frame), target)
+
+    run_each(
+        place, [f for kind in WORKING_FOLDERS for f in inventory.of_kind(kind)], default_jobs()
+    )
 
 
 _AUX = re.compile(r"^(?P<stem>.+_[0-9a-f]{32})_aux\.(fits|png)$")
@@ -207,7 +214,7 @@ def make_masters(
 
     A missing dark or flat makes only the masters that need it fail; each failure is named in
     `problems` and the groups that depend on it fail later with a clear message. `jobs`
-    masters of one kind are made at once.
+    masters are made at once, the interpolation alongside the flats that do not need it.
     """
     inventory = load_inventory(layout)
     result: dict[str, Any] = {
@@ -230,6 +237,14 @@ def make_masters(
     result["darks"] = {str(e): qc for e, qc in made if qc is not None}
     log("info", "Interpolating missing master dark images:")
     missing = [e for e in inventory.needed_exposures() if e not in darks]
+
+    def interpolated() -> None:
+        try:
+            result["interpolated"] = _interpolated_darks(layout, darks, missing, overwrite, log)
+        except (OSError, ValueError) as exc:
+            result["problems"].append(_problem(log, f"Dark interpolation failed: {exc}"))
+
+    interpolation: list[Callable[[], None]] = []
     if missing and not darks:
         result["problems"].append(
             _problem(log, "There are no dark files at all! Cannot calibrate or interpolate.")
@@ -245,10 +260,8 @@ def make_masters(
                 )
             )
     elif missing:
-        try:
-            result["interpolated"] = _interpolated_darks(layout, darks, missing, overwrite, log)
-        except (OSError, ValueError) as exc:
-            result["problems"].append(_problem(log, f"Dark interpolation failed: {exc}"))
+        interpolation = [interpolated]
+
     log("info", "Calculating master transmission (flat) images:")
     flats = inventory.flats_by_filter()
     needed_filters = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
@@ -266,9 +279,15 @@ def make_masters(
             result["problems"].append(_problem(log, f"Master flat {filter_name}: {exc}"))
             return None
 
+    # Flats whose darks exist are made while the missing darks are interpolated; the others
+    # wait for the interpolation.
     present = [f for f in needed_filters if f in flats]
-    made = zip(present, run_each(flat, present, jobs), strict=True)
-    result["flats"] = {f: qc for f, qc in made if qc is not None}
+    waiting = [f for f in present if {fr.exposure_ms for fr in flats[f]} & set(missing)]
+    ready = [f for f in present if f not in waiting]
+    tasks = interpolation + [functools.partial(flat, f) for f in ready]
+    first = run_each(lambda task: task(), tasks, jobs)[len(interpolation) :]
+    made = zip(ready + waiting, first + run_each(flat, waiting, jobs), strict=True)
+    result["flats"] = {f: qc for f, qc in sorted(made) if qc is not None}
     return result
 
 
