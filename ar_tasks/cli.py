@@ -8,6 +8,7 @@ exit status is non-zero when anything failed, and a log file is kept beside the 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import sys
 import threading
@@ -23,7 +24,7 @@ from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
 from .storage import StorageError, is_s3
-from .threads import default_jobs, run_each
+from .threads import Task, default_jobs, run_graph
 from .workspace import night_workspace
 
 LOG_FILE = "astro_reduce.log"
@@ -314,36 +315,49 @@ def _astrometry(
 def _cosmetic(
     layout: NightLayout, inventory: Inventory, report: Reporter, options: dict[str, Any]
 ) -> None:
+    """Masters, aux frames and stacks as one graph of tasks on `jobs` threads: a group is
+    calibrated as soon as its master dark and flat exist and stacked as soon as it is
+    calibrated, so no core waits at the end of a phase for the slowest master or group."""
     overwrite = options["overwrite"]
     jobs = options["jobs"] or default_jobs()
+    tasks: dict[str, Task] = {}
+    plan = None
     if options["nomaster"]:
         if not layout.masters.is_dir():
             raise steps.StepError(
                 "You used the --nomaster option but there is no MASTER folder `ar_masters`."
             )
     else:
-        steps.make_masters(layout, options["interpolate"], overwrite, log=report, jobs=jobs)
-    groups = [g.name for g in inventory.groups()]
+        plan = steps.plan_masters(layout, options["interpolate"], overwrite, log=report)
+        tasks.update(plan.tasks)
+    calibrated: dict[str, bool] = {}
 
-    def each_group(step: Any, names: list[str]) -> list[str]:
-        """Run a group step on every group, `jobs` at a time; the names that succeeded."""
+    def attempt(step: Any, name: str) -> bool:
+        try:
+            step(layout, name, overwrite, log=report)
+            return True
+        except steps.StepError as exc:
+            report("error", str(exc))
+            return False
 
-        def attempt(name: str) -> bool:
-            try:
-                step(layout, name, overwrite, log=report)
-                return True
-            except steps.StepError as exc:
-                report("error", str(exc))
-                return False
+    def calibrate(name: str) -> None:
+        calibrated[name] = attempt(steps.calibrate_group, name)
 
-        succeeded = run_each(attempt, names, jobs)
-        return [n for n, ok in zip(names, succeeded, strict=True) if ok]
+    def stack(name: str) -> None:
+        if calibrated[name]:
+            attempt(steps.stack_group, name)
 
+    groups = inventory.groups()
     report("info", "Writing auxiliary object images:")
-    calibrated = each_group(steps.calibrate_group, groups)
+    for group in groups:  # every calibration before any stack: they unlock the stacks
+        needs = plan.needs(group.exposure_ms, group.filter) if plan else ()
+        tasks[f"calibrate {group.name}"] = (functools.partial(calibrate, group.name), needs)
     if not options["nostack"]:
         report("info", "Stacking object images:")
-        each_group(steps.stack_group, calibrated)
+        for group in groups:
+            needs = (f"calibrate {group.name}",)
+            tasks[f"stack {group.name}"] = (functools.partial(stack, group.name), needs)
+    run_graph(tasks, jobs)
     if options["stkpng"]:
         steps.make_previews(layout, masters_and_aux=False, stacks=True, overwrite=overwrite)
         report("info", "Writing PNG versions of stacked images... Done.")

@@ -54,6 +54,43 @@ def sha256_file(path: Path) -> str:
 
 def read_frame(path: Path) -> RawFrame:
     """Read the first HDU holding a 2-D image; raise FrameError naming the problem."""
+    raw, sha = _file_bytes(path)
+    plain = _plain_stored(raw)
+    header, pixels = _image_by_astropy(raw) if plain is None else (plain[0], _physical(*plain))
+    return RawFrame(pixels, header, sha)
+
+
+@dataclass(frozen=True)
+class FrameScan:
+    """What an inventory needs of a raw file, without its pixels in float."""
+
+    header: Header
+    shape: tuple[int, int]
+    nonfinite: int  # NaN, infinite or BLANK pixels
+    sha256: str
+
+
+def scan_frame(path: Path) -> FrameScan:
+    """Like read_frame, but integer pixels are never converted to float: they cannot be NaN
+    or infinite, so only BLANK pixels are counted as undefined (half the work of a read)."""
+    raw, sha = _file_bytes(path)
+    plain = _plain_stored(raw)
+    if plain is None:
+        header, pixels = _image_by_astropy(raw)
+        nonfinite = int(np.count_nonzero(~np.isfinite(pixels)))
+    else:
+        header, pixels = plain
+        if pixels.dtype.kind == "f":
+            nonfinite = int(np.count_nonzero(~np.isfinite(pixels)))
+        elif "BLANK" in header:
+            nonfinite = int(np.count_nonzero(pixels == header["BLANK"]))
+        else:
+            nonfinite = 0
+    return FrameScan(header, (int(pixels.shape[0]), int(pixels.shape[1])), nonfinite, sha)
+
+
+def _file_bytes(path: Path) -> tuple[bytes, str]:
+    """A file's bytes (gzip undone) and the SHA-256 of the bytes on disk."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -64,11 +101,7 @@ def read_frame(path: Path) -> RawFrame:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise FrameError(f"is a damaged gzip file ({exc})") from None
-    image = _plain_image(raw)
-    if image is None:
-        image = _image_by_astropy(raw)
-    header, pixels = image
-    return RawFrame(pixels, header, sha)
+    return raw, sha
 
 
 def _truncated(size: int) -> FrameError:
@@ -86,8 +119,9 @@ def header_end(raw: bytes) -> int | None:
     return None
 
 
-def _plain_image(raw: bytes) -> tuple[Header, np.ndarray] | None:
-    """Header and float32 pixels of a plain 2-D primary image; None for anything else.
+def _plain_stored(raw: bytes) -> tuple[Header, np.ndarray] | None:
+    """Header and stored pixels (as on disk) of a plain 2-D primary image; None for anything
+    else.
 
     Only a file whose data would be cut short raises here (FrameError); every other oddity is
     left to astropy, whose messages then name it.
@@ -108,8 +142,7 @@ def _plain_image(raw: bytes) -> tuple[Header, np.ndarray] | None:
     count = shape[0] * shape[1]
     if len(raw) < end + count * dtype.itemsize:
         raise _truncated(len(raw))
-    stored = np.frombuffer(raw, dtype, count, end).reshape(shape)
-    return header, _physical(stored, header)
+    return header, np.frombuffer(raw, dtype, count, end).reshape(shape)
 
 
 def _image_shape(header: Header) -> tuple[int, int] | None:
@@ -127,7 +160,7 @@ def _image_shape(header: Header) -> tuple[int, int] | None:
     return height, width
 
 
-def _physical(stored: np.ndarray, header: Header) -> np.ndarray:
+def _physical(header: Header, stored: np.ndarray) -> np.ndarray:
     """Stored values to float32 physical values (BSCALE, BZERO); BLANK pixels become NaN."""
     bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
     integer = stored.dtype.kind in "iu"
@@ -269,24 +302,54 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
 def read_product(path: Path) -> tuple[np.ndarray, Header]:
     """Read one of our own float32 products (or any 2-D FITS image) as float32 pixels."""
     try:
+        with open(path, "rb") as stream:
+            product = _read_unscaled_float32(stream, path)
+        if product is not None:
+            return product
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise FrameError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    image = _plain_image(raw) or _image_by_astropy(raw)
-    return image[1], image[0]
+    plain = _plain_stored(raw)
+    header, pixels = _image_by_astropy(raw) if plain is None else (plain[0], _physical(*plain))
+    return pixels, header
+
+
+def _read_unscaled_float32(stream: IO[bytes], path: Path) -> tuple[np.ndarray, Header] | None:
+    """Our products' layout (BITPIX -32, no scaling), read straight into the returned array
+    and byte-swapped in place: one frame-sized allocation instead of two. None for any other
+    file, which the general path then reads."""
+    if stream.read(9) != b"SIMPLE  =":
+        return None
+    stream.seek(0)
+    try:
+        header = _read_header_from(stream, path)
+    except (FrameError, HeaderError):
+        return None
+    shape = _image_shape(header)
+    unscaled = header.get("BSCALE", 1) == 1 and header.get("BZERO", 0) == 0
+    if shape is None or header["BITPIX"] != -32 or not unscaled:
+        return None
+    pixels = np.empty(shape, dtype=">f4")
+    if stream.readinto(memoryview(pixels).cast("B")) != pixels.nbytes:
+        raise FrameError(f"{path} is truncated")
+    return pixels.byteswap(inplace=True).view(np.float32), header
 
 
 def read_header(path: Path) -> Header:
     """The primary header alone, read block by block up to its END card."""
-    blocks = bytearray()
     with open(path, "rb") as stream:
-        while True:
-            block = stream.read(BLOCK)
-            if len(block) < BLOCK:
-                raise FrameError(f"{path} has no END card: not a FITS file, or truncated")
-            blocks += block
-            if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
-                return Header.parse(bytes(blocks))
+        return _read_header_from(stream, path)
+
+
+def _read_header_from(stream: IO[bytes], path: Path) -> Header:
+    blocks = bytearray()
+    while True:
+        block = stream.read(BLOCK)
+        if len(block) < BLOCK:
+            raise FrameError(f"{path} has no END card: not a FITS file, or truncated")
+        blocks += block
+        if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
+            return Header.parse(bytes(blocks))
 
 
 def checksums_hold(path: Path) -> bool:

@@ -14,10 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import camera
-from .fitsio import FrameError, read_frame
+from .fitsio import FrameError, scan_frame
 from .threads import default_jobs, run_each
 
 INVENTORY_VERSION = 1
@@ -194,7 +192,7 @@ def inspect(night_dir: Path, relative: str) -> Frame:
     Raises FrameError or camera.HeaderError with the reason.
     """
     kind = camera.FRAME_FOLDERS[relative.split("/", 1)[0]]
-    raw = read_frame(night_dir / relative)
+    raw = scan_frame(night_dir / relative)
     header = raw.header
     exposure = camera.exposure_ms(header)
     raw_filter = raw_object = ""
@@ -207,9 +205,9 @@ def inspect(night_dir: Path, relative: str) -> Frame:
     if kind == "object":
         raw_object = camera.header_text(header, "OBJECT")
         obj = camera.sanitize_object(raw_object)
-    nonfinite = int(np.count_nonzero(~np.isfinite(raw.data)))
-    if nonfinite > MAX_NONFINITE_FRACTION * raw.data.size:
-        raise FrameError(f"has {nonfinite} NaN or infinite pixels of {raw.data.size}")
+    nonfinite, size = raw.nonfinite, raw.shape[0] * raw.shape[1]
+    if nonfinite > MAX_NONFINITE_FRACTION * size:
+        raise FrameError(f"has {nonfinite} NaN or infinite pixels of {size}")
     stat = (night_dir / relative).stat()
     frame = Frame(
         path=relative,
@@ -222,7 +220,7 @@ def inspect(night_dir: Path, relative: str) -> Frame:
         nonfinite=nonfinite,
         size=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
-        shape=(int(raw.data.shape[0]), int(raw.data.shape[1])),
+        shape=raw.shape,
         raw_object=raw_object,
         raw_filter=raw_filter,
     )

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from .inventory import Frame, GroupKey, Inventory, take_inventory
 from .layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
 from .previews import png_path, refresh_previews
 from .provenance import input_key, is_current, product_key, stamp
-from .threads import default_jobs, run_each
+from .threads import Task, default_jobs, run_each, run_graph
 
 TEMPORARY_MAX_AGE = 600.0  # s: older temporary files were left by killed writers
 SCRATCH_MAX_AGE = 6 * 3600.0  # s: an astrometry scratch folder may wait on a slow web service
@@ -214,27 +215,58 @@ def make_masters(
 
     A missing dark or flat makes only the masters that need it fail; each failure is named in
     `problems` and the groups that depend on it fail later with a clear message. `jobs`
-    masters are made at once, the interpolation alongside the flats that do not need it.
+    masters are made at once, each as soon as the masters it needs exist.
     """
+    plan = plan_masters(layout, interpolate, overwrite, log)
+    run_graph(plan.tasks, jobs)
+    return plan.record()
+
+
+@dataclass
+class MasterPlan:
+    """A night's masters as tasks for threads.run_graph (keys `dark <ms>`, `interpolation`,
+    `flat <filter>`), the record they fill, and which task makes the masters a group needs."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    darks_by_exposure: dict[int, str] = field(default_factory=dict)
+    flats_by_filter: dict[str, str] = field(default_factory=dict)
+    result: dict[str, Any] = field(
+        default_factory=lambda: {"darks": {}, "interpolated": {}, "flats": {}, "problems": []}
+    )
+
+    def needs(self, exposure_ms: int, filter_name: str) -> tuple[str, ...]:
+        """The tasks making the master dark and flat of a group (none for absent masters)."""
+        found = (self.darks_by_exposure.get(exposure_ms), self.flats_by_filter.get(filter_name))
+        return tuple(key for key in found if key)
+
+    def record(self) -> dict:
+        """The result, its masters in a stable order whatever order the threads finished in."""
+        self.result["darks"] = dict(sorted(self.result["darks"].items(), key=lambda i: int(i[0])))
+        self.result["flats"] = dict(sorted(self.result["flats"].items()))
+        return self.result
+
+
+def plan_masters(
+    layout: NightLayout, interpolate: bool, overwrite: bool, log: Log = _quiet
+) -> MasterPlan:
+    """The masters to make, each with the tasks it needs; missing calibrations are reported
+    (and their stale masters removed) now, the masters themselves are made by the tasks."""
     inventory = load_inventory(layout)
-    result: dict[str, Any] = {
-        "darks": {},
-        "interpolated": {},
-        "flats": {},
-        "problems": [],
-    }
+    plan = MasterPlan()
+    result = plan.result
     darks = inventory.darks_by_exposure()
     log("info", "Writing master dark images:")
 
-    def dark(exposure: int) -> dict | None:
+    def dark(exposure: int) -> None:
         try:
-            return _master_dark(layout, exposure, darks[exposure], overwrite, log)
+            qc = _master_dark(layout, exposure, darks[exposure], overwrite, log)
+            result["darks"][str(exposure)] = qc
         except (FrameError, ValueError) as exc:
             result["problems"].append(_problem(log, f"Master dark {exposure} ms: {exc}"))
-            return None
 
-    made = zip(darks, run_each(dark, list(darks), jobs), strict=True)
-    result["darks"] = {str(e): qc for e, qc in made if qc is not None}
+    for exposure in darks:
+        plan.darks_by_exposure[exposure] = key = f"dark {exposure}"
+        plan.tasks[key] = (functools.partial(dark, exposure), ())
     log("info", "Interpolating missing master dark images:")
     missing = [e for e in inventory.needed_exposures() if e not in darks]
 
@@ -244,7 +276,6 @@ def make_masters(
         except (OSError, ValueError) as exc:
             result["problems"].append(_problem(log, f"Dark interpolation failed: {exc}"))
 
-    interpolation: list[Callable[[], None]] = []
     if missing and not darks:
         result["problems"].append(
             _problem(log, "There are no dark files at all! Cannot calibrate or interpolate.")
@@ -260,8 +291,8 @@ def make_masters(
                 )
             )
     elif missing:
-        interpolation = [interpolated]
-
+        plan.tasks["interpolation"] = (interpolated, tuple(plan.darks_by_exposure.values()))
+        plan.darks_by_exposure.update(dict.fromkeys(missing, "interpolation"))
     log("info", "Calculating master transmission (flat) images:")
     flats = inventory.flats_by_filter()
     needed_filters = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
@@ -272,23 +303,19 @@ def make_masters(
                 _problem(log, f"Did not find flat field images for filter {filter_name}.")
             )
 
-    def flat(filter_name: str) -> dict | None:
+    def flat(filter_name: str) -> None:
         try:
-            return _master_flat(layout, filter_name, flats[filter_name], overwrite, log)
+            qc = _master_flat(layout, filter_name, flats[filter_name], overwrite, log)
+            result["flats"][filter_name] = qc
         except (StepError, FrameError, ValueError) as exc:
             result["problems"].append(_problem(log, f"Master flat {filter_name}: {exc}"))
-            return None
 
-    # Flats whose darks exist are made while the missing darks are interpolated; the others
-    # wait for the interpolation.
-    present = [f for f in needed_filters if f in flats]
-    waiting = [f for f in present if {fr.exposure_ms for fr in flats[f]} & set(missing)]
-    ready = [f for f in present if f not in waiting]
-    tasks = interpolation + [functools.partial(flat, f) for f in ready]
-    first = run_each(lambda task: task(), tasks, jobs)[len(interpolation) :]
-    made = zip(ready + waiting, first + run_each(flat, waiting, jobs), strict=True)
-    result["flats"] = {f: qc for f, qc in sorted(made) if qc is not None}
-    return result
+    for filter_name in (f for f in needed_filters if f in flats):
+        exposures = {frame.exposure_ms for frame in flats[filter_name]}
+        needs = {plan.darks_by_exposure[e] for e in exposures if e in plan.darks_by_exposure}
+        plan.flats_by_filter[filter_name] = key = f"flat {filter_name}"
+        plan.tasks[key] = (functools.partial(flat, filter_name), tuple(sorted(needs)))
+    return plan
 
 
 def _read_raw(layout: NightLayout, frame: Frame) -> RawFrame:

@@ -7,8 +7,8 @@ use both cores without the pickling and memory cost of processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 # Each thread holds its working frames outside the shared memory budget: about 100 MB at
@@ -27,3 +27,35 @@ def run_each(work: Callable[[Any], Any], items: list, jobs: int) -> list:
         return [work(item) for item in items]
     with ThreadPoolExecutor(min(jobs, len(items))) as pool:
         return list(pool.map(work, items))
+
+
+Task = tuple[Callable[[], Any], tuple[Hashable, ...]]  # (work, keys of the tasks it needs)
+
+
+def run_graph(tasks: dict[Hashable, Task], jobs: int) -> dict[Hashable, Any]:
+    """Run every task once the tasks it needs have finished, `jobs` at a time; the results by
+    key. Phases end without a barrier: a core freed by one master starts the next ready task
+    (another master, or a group whose masters exist) instead of waiting for the slowest.
+
+    Ready tasks start in the order of `tasks` (list the ones that unlock most work first).
+    Tasks should report their own failures; an exception stops the run and is raised here.
+    """
+    unknown = {need for _, needs in tasks.values() for need in needs} - set(tasks)
+    if unknown:
+        raise ValueError(f"tasks need unknown tasks: {sorted(map(str, unknown))}")
+    waiting, results = dict(tasks), {}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        running: dict[Future, Hashable] = {}
+        while waiting or running:
+            for key, (work, needs) in list(waiting.items()):
+                if len(running) >= max(1, jobs):
+                    break
+                if all(need in results for need in needs):
+                    running[pool.submit(work)] = key
+                    del waiting[key]
+            if not running:
+                raise ValueError(f"tasks wait on each other: {sorted(map(str, waiting))}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[running.pop(future)] = future.result()
+    return results

@@ -63,8 +63,14 @@ def _tree_rss_bytes(session: int) -> int:
     return total
 
 
-def run_measured(command: Command, log: Path | None = None) -> Sample:
-    """Run a command to completion in its own session and measure it; raise on failure."""
+def run_measured(command: Command, log: Path | None = None, settle: bool = True) -> Sample:
+    """Run a command to completion in its own session and measure it; raise on failure.
+
+    With `settle`, the page cache's dirty data (earlier runs' products, the fresh copy of the
+    night) is first written to disk, so no run pays for another's writeback.
+    """
+    if settle:
+        os.sync()
     env = {**os.environ, **command.env}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     start = time.perf_counter()
@@ -111,7 +117,7 @@ def run_measured(command: Command, log: Path | None = None) -> Sample:
 
 def run_sequence(commands: Sequence[Command], log: Path | None = None) -> Sample:
     """Several commands run one after the other, measured as one job (e.g. setup then reduce)."""
-    samples = [run_measured(c, log) for c in commands]
+    samples = [run_measured(c, log, settle=i == 0) for i, c in enumerate(commands)]
     return Sample(
         sum(s.wall_s for s in samples),
         sum(s.cpu_s for s in samples),

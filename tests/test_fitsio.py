@@ -201,3 +201,30 @@ def test_the_cosmetic_path_never_imports_astropy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_scan_counts_undefined_pixels_without_converting(tmp_path):
+    path = tmp_path / "frame.fits"
+    stored = np.full((6, 5), 7, dtype=np.int16)
+    stored[1, 1] = stored[2, 2] = -999
+    fits.PrimaryHDU(stored, header=fits.Header({"BLANK": -999, "EXPTIME": 3})).writeto(path)
+    scan = fitsio.scan_frame(path)
+    assert (scan.shape, scan.nonfinite, scan.header["EXPTIME"]) == ((6, 5), 2, 3)
+    assert scan.sha256 == fitsio.sha256_file(path)
+    floats = np.ones((4, 3), np.float32)
+    floats[0, 0], floats[1, 1] = np.nan, np.inf
+    fits.PrimaryHDU(floats).writeto(path, overwrite=True)
+    assert fitsio.scan_frame(path).nonfinite == 2
+
+
+def test_products_of_other_layouts_are_read_too(tmp_path):
+    """A user's own master (--nomaster) may be 16-bit or scaled: the general path reads it."""
+    path = tmp_path / "mdark_1000.fits"
+    fits.PrimaryHDU(DATA.astype(np.int32)).writeto(path)
+    pixels, header = fitsio.read_product(path)
+    np.testing.assert_array_equal(pixels, DATA)
+    assert pixels.dtype == np.float32 and header["BITPIX"] == 32
+    ours = fitsio.write_image(tmp_path / "p.fits", np.ones((64, 48)))
+    ours.write_bytes(ours.read_bytes()[:-4000])
+    with pytest.raises(fitsio.FrameError, match=r"p\.fits is truncated"):
+        fitsio.read_product(ours)  # named, not a short array
