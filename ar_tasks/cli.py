@@ -331,32 +331,44 @@ def _cosmetic(
         plan = steps.plan_masters(layout, options["interpolate"], overwrite, log=report)
         tasks.update(plan.tasks)
     calibrated: dict[str, bool] = {}
+    alignments: dict[str, steps.Alignment | None] = {}
 
-    def attempt(step: Any, name: str) -> bool:
+    def attempt(step: Any, *arguments: Any) -> Any:
+        """The step's result, or None when it failed (reported)."""
         try:
-            step(layout, name, overwrite, log=report)
-            return True
+            return step(layout, *arguments, log=report)
         except steps.StepError as exc:
             report("error", str(exc))
-            return False
+            return None
 
     def calibrate(name: str) -> None:
-        calibrated[name] = attempt(steps.calibrate_group, name)
+        calibrated[name] = attempt(steps.calibrate_group, name, overwrite) is not None
 
-    def stack(name: str) -> None:
-        if calibrated[name]:
-            attempt(steps.stack_group, name)
+    def register(name: str) -> None:
+        alignments[name] = (
+            attempt(steps.register_group, name, overwrite) if calibrated[name] else None
+        )
+
+    def combine(name: str) -> None:
+        alignment = alignments[name]
+        if alignment is not None:
+            attempt(steps.combine_group, alignment)
 
     groups = inventory.groups()
     report("info", "Writing auxiliary object images:")
-    for group in groups:  # every calibration before any stack: they unlock the stacks
+    for group in groups:  # every calibration first: they unlock the stacks
         needs = plan.needs(group.exposure_ms, group.filter) if plan else ()
         tasks[f"calibrate {group.name}"] = (functools.partial(calibrate, group.name), needs)
     if not options["nostack"]:
+        # Registration and combination are separate tasks, so the last group's stack is
+        # shared between the cores rather than left to one.
         report("info", "Stacking object images:")
         for group in groups:
-            needs = (f"calibrate {group.name}",)
-            tasks[f"stack {group.name}"] = (functools.partial(stack, group.name), needs)
+            calibration = (f"calibrate {group.name}",)
+            tasks[f"register {group.name}"] = (functools.partial(register, group.name), calibration)
+        for group in groups:
+            registration = (f"register {group.name}",)
+            tasks[f"combine {group.name}"] = (functools.partial(combine, group.name), registration)
     run_graph(tasks, jobs)
     if options["stkpng"]:
         steps.make_previews(layout, masters_and_aux=False, stacks=True, overwrite=overwrite)

@@ -202,8 +202,9 @@ class FrameStack:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def append(self, frame: np.ndarray) -> None:
-        """Add a frame (copied as float32, C order)."""
+    def append(self, frame: np.ndarray, copy: bool = True) -> None:
+        """Add a frame (as float32, C order). With copy=False a float32 frame is kept as it is,
+        not copied: for a fresh array its caller hands over and never changes again."""
         frame = np.ascontiguousarray(frame, dtype=np.float32)
         if frame.ndim != 2:
             raise ValueError(f"frames must be 2-D, got shape {frame.shape}")
@@ -212,7 +213,7 @@ class FrameStack:
         elif frame.shape != self.shape:
             raise ValueError(f"frame shape {frame.shape} differs from the stack's {self.shape}")
         if self._budget.take(frame.nbytes):
-            self._frames.append(frame.copy())
+            self._frames.append(frame.copy() if copy else frame)
             self._in_memory += frame.nbytes
             return
         if self._scratch is None:

@@ -27,6 +27,7 @@ from .fitsheader import BLOCK, CARD, END_CARD, Header, HeaderError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _END = END_CARD.encode("ascii")
+WRITE_BUFFER_PIXELS = 1 << 16  # pixels byte-swapped and summed at a time when writing
 _PIXEL_TYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
@@ -239,44 +240,53 @@ def set_card(header: Any, key: str, value: object, comment: str = "") -> None:
         header.comments[key] = comment
 
 
-def encode_image(data: np.ndarray, header: Any = None) -> tuple[bytes, np.ndarray]:
-    """The header bytes and big-endian float32 pixels of a product, CHECKSUM and DATASUM set.
+def write_image(path: Path, data: np.ndarray, header: Any = None) -> Path:
+    """Write a float32 image atomically: a temporary file in the same folder, then a rename.
 
-    Sums are computed with no timestamp, so equal inputs give identical bytes.
+    A crash leaves either the old product or the new one, never a partial file under the name.
+    The pixels go out big-endian through a small buffer, summed on the way (DATASUM), and the
+    header, whose size does not depend on the sums, is written last into the room left for
+    it: no frame-sized copy, and no timestamp, so equal inputs give identical bytes.
     """
-    pixels = np.ascontiguousarray(data, dtype=">f4")
+    pixels = np.ascontiguousarray(data, dtype=np.float32)
+    full = _image_header(pixels.shape, header)
+    values = pixels.reshape(-1)
+
+    def write(stream: IO[bytes]) -> None:
+        stream.seek(len(full.tobytes()))
+        buffer = np.empty(min(values.size, WRITE_BUFFER_PIXELS), dtype=">f4")
+        total = 0
+        for start in range(0, values.size, buffer.size):
+            chunk = buffer[: min(buffer.size, values.size - start)]
+            np.copyto(chunk, values[start : start + chunk.size])  # byte-swapped here
+            total += int(chunk.view(">u4").sum(dtype=np.uint64))
+            stream.write(chunk.view(np.uint8).data)
+        stream.write(bytes(-values.nbytes % BLOCK))
+        datasum = fold(total)
+        full["DATASUM"] = (str(datasum), "data unit checksum")
+        full["CHECKSUM"] = (encode(ones_complement_sum(full.tobytes(), datasum)), "HDU checksum")
+        stream.seek(0)
+        stream.write(full.tobytes())
+
+    return write_atomic(path, write)
+
+
+def _image_header(shape: tuple[int, ...], header: Any) -> Header:
+    """A float32 product's header: the array's cards, `header`'s others, room for the sums."""
     full = Header()
     full["SIMPLE"] = (True, "conforms to FITS standard")
     full["BITPIX"] = (-32, "array data type")
-    full["NAXIS"] = (pixels.ndim, "number of array dimensions")
-    for axis, length in enumerate(reversed(pixels.shape), start=1):
+    full["NAXIS"] = (len(shape), "number of array dimensions")
+    for axis, length in enumerate(reversed(shape), start=1):
         full[f"NAXIS{axis}"] = length
     full["EXTEND"] = True
     body = product_header(header)
     if any(card.startswith("CONTINUE") for card in body.cards()) and "LONGSTRN" not in body:
         full["LONGSTRN"] = ("OGIP 1.0", "long strings continue on CONTINUE cards")
     full = Header(full.cards() + body.cards())
-    datasum = ones_complement_sum(pixels.reshape(-1))
     full["CHECKSUM"] = (PLACEHOLDER, "HDU checksum")
-    full["DATASUM"] = (str(datasum), "data unit checksum")
-    full["CHECKSUM"] = (encode(ones_complement_sum(full.tobytes(), datasum)), "HDU checksum")
-    return full.tobytes(), pixels
-
-
-def write_image(path: Path, data: np.ndarray, header: Any = None) -> Path:
-    """Write a float32 image atomically: a temporary file in the same folder, then a rename.
-
-    A crash leaves either the old product or the new one, never a partial file under the name.
-    """
-    head, pixels = encode_image(data, header)
-    padding = bytes(-pixels.nbytes % BLOCK)
-
-    def write(stream: IO[bytes]) -> None:
-        stream.write(head)
-        stream.write(pixels.reshape(-1).view(np.uint8).data)
-        stream.write(padding)
-
-    return write_atomic(path, write)
+    full["DATASUM"] = ("0", "data unit checksum")
+    return full
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> Path:

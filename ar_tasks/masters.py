@@ -70,14 +70,19 @@ def fit_dark_model(
     w = w / w.sum()
     x_mean = float(np.sum(w * x))
     sxx = float(np.sum(w * (x - x_mean) ** 2))
-    weighted_mean = np.zeros(masters[0].shape, dtype=np.float64)
-    sxy = np.zeros(masters[0].shape, dtype=np.float64)
-    for weight, exposure, master in zip(w, x, masters, strict=True):
-        weighted_mean += weight * master
-        sxy += weight * (exposure - x_mean) * master
-    # sxy above is sum w (x - xm) y; since sum w (x - xm) = 0 it equals the centred covariance.
-    slope = sxy / sxx
-    intercept = weighted_mean - slope * x_mean
+    # Both lines are fixed combinations of the masters: slope = sum a_k M_k with
+    # a_k = w_k (x_k - xm) / sxx, intercept = sum (w_k - xm a_k) M_k. Summed in float64 with
+    # scalar weights, in place: a third of the passes of forming sxy and the weighted mean.
+    slope_weights = w * (x - x_mean) / sxx
+    intercept_weights = w - x_mean * slope_weights
+    slope = np.zeros(masters[0].shape, dtype=np.float64)
+    intercept = np.zeros(masters[0].shape, dtype=np.float64)
+    term = np.empty_like(slope)
+    for a, b, master in zip(slope_weights, intercept_weights, masters, strict=True):
+        np.multiply(master, a, out=term)
+        slope += term
+        np.multiply(master, b, out=term)
+        intercept += term
     return slope.astype(np.float32), intercept.astype(np.float32)
 
 
@@ -86,13 +91,17 @@ def interpolate_dark(slope: np.ndarray, intercept: np.ndarray, exposure_ms: int)
     return (intercept + slope * np.float32(exposure_ms)).astype(np.float32)
 
 
-def normalise_flat(flat: np.ndarray, dark: np.ndarray) -> tuple[np.ndarray, float]:
-    """Dark-subtract one flat and divide it by its robust central level; returns (flat, level)."""
-    signal = flat.astype(np.float32) - dark
+def normalise_flat(
+    flat: np.ndarray, dark: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """Dark-subtract one flat and divide it by its robust central level; returns (flat, level).
+    `out` (float32, which may be `flat` itself) receives it instead of a new frame."""
+    signal = np.subtract(flat, dark, out=out, dtype=np.float32)
     level = robust_level(signal)
     if not level > 0:
         raise ValueError(f"the flat's central level is {level:.3g} ADU after dark subtraction")
-    return signal / np.float32(level), level
+    signal /= np.float32(level)
+    return signal, level
 
 
 def finish_flat(median: np.ndarray) -> tuple[np.ndarray, int]:

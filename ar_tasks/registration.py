@@ -116,13 +116,16 @@ def detection_image(image: np.ndarray) -> np.ndarray:
     its values are signal-to-noise ratios.
     """
     data = np.asarray(image, dtype=np.float32)
-    residual = data - background(data)  # background() ignores NaN and inf
+    residual = background(data)  # background() ignores NaN and inf
+    np.subtract(data, residual, out=residual)  # in place: no frame-sized temporaries
     residual[~np.isfinite(residual)] = 0.0
     sigma = _noise(residual)
     if not sigma > 0:
         return np.zeros_like(residual)
     _replace_sharp_pixels(residual, sigma)
-    return np.clip(residual / np.float32(sigma) - DETECTION_SIGMA, 0.0, None).astype(np.float32)
+    residual /= np.float32(sigma)
+    residual -= np.float32(DETECTION_SIGMA)
+    return np.maximum(residual, 0.0, out=residual)
 
 
 def _replace_sharp_pixels(residual: np.ndarray, sigma: float) -> None:

@@ -32,6 +32,7 @@ from .fitsio import (
     read_frame,
     read_header,
     read_product,
+    scan_frame,
     set_card,
     write_bytes_atomic,
     write_image,
@@ -358,7 +359,7 @@ def _master_dark(
             for frame in frames:
                 raw = _read_raw(layout, frame)
                 first_header = first_header if first_header is not None else raw.header
-                stack.append(raw.data)
+                stack.append(raw.data, copy=False)
             noise = _frame_noise(stack)
             data = stack.median()
         header = product_header(first_header)
@@ -473,9 +474,10 @@ def _master_flat(
                 first_header = first_header if first_header is not None else raw.header
                 if frame.exposure_ms not in dark_cache:
                     dark_cache[frame.exposure_ms] = read_product(dark_paths[frame.exposure_ms])[0]
-                normalised, level = masters.normalise_flat(raw.data, dark_cache[frame.exposure_ms])
+                dark = dark_cache[frame.exposure_ms]
+                normalised, level = masters.normalise_flat(raw.data, dark, out=raw.data)
                 levels.append(level)
-                stack.append(normalised)
+                stack.append(normalised, copy=False)
             data, undefined = masters.finish_flat(stack.median())
         header = product_header(first_header)
         header["FILTER"] = filter_name
@@ -568,6 +570,34 @@ def stack_group(
     layout: NightLayout, group_name: str, overwrite: bool = False, log: Log = _quiet
 ) -> dict:
     """Align and median-combine the aux frames of one group into stacked/<group>.fits."""
+    return combine_group(layout, register_group(layout, group_name, overwrite, log), log)
+
+
+@dataclass
+class Alignment:
+    """What registering a group found, for combine_group: its stack is `reused` (and `qc`
+    says so) or its frames are shifted by `shifts` onto `frames[reference]`."""
+
+    group: GroupKey
+    frames: list[Frame]
+    key: str
+    qc: dict[str, Any]
+    reused: bool = False
+    reference: int = 0
+    shifts: dict[int, registration.Shift] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)
+    skies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def register_group(
+    layout: NightLayout, group_name: str, overwrite: bool = False, log: Log = _quiet
+) -> Alignment:
+    """The first half of stack_group: find each aux frame's shift onto the best frame.
+
+    Separate from combine_group so that a night's threads can register one group while
+    combining another, instead of one core finishing the last whole stack alone.
+    """
     group, frames = _group_frames(layout, group_name)
     present = [f for f in frames if layout.aux(f).is_file()]
     for frame in frames:
@@ -575,7 +605,7 @@ def stack_group(
             log("warning", f"{layout.aux(frame).name} is missing: {frame.path} is not stacked.")
     if not present:
         raise StepError(f"No calibrated frame of {group_name} to stack.")
-    return _stack_group(layout, group, present, overwrite, log)
+    return _register(layout, group, present, overwrite, log)
 
 
 def _calibrate_frames(
@@ -604,7 +634,7 @@ def _calibrate_frames(
             raw = _read_raw(layout, frame)
             if dark is None or flat is None:
                 dark, flat = read_product(dark_path)[0], read_product(flat_path)[0]
-            aux = calibration.calibrate(raw.data, dark, flat)
+            aux = calibration.calibrate(raw.data, dark, flat, out=raw.data)  # raw is ours
         except (FrameError, ValueError) as exc:
             result["problems"].append(_problem(log, f"{exc}: not calibrated."))
             continue
@@ -623,13 +653,13 @@ def _calibrate_frames(
     return done
 
 
-def _stack_group(
+def _register(
     layout: NightLayout,
     group: GroupKey,
     frames: list[Frame],
     overwrite: bool,
     log: Log,
-) -> dict:
+) -> Alignment:
     path = layout.stack(group)
     key = product_key("stack", inputs=[input_key(layout.aux(f)) for f in frames])
     qc: dict[str, Any] = {
@@ -647,39 +677,51 @@ def _stack_group(
             "verbose",
             f"  {group.object}:\n    {group.filter}:{group.exposure_ms}ms...   Reused.",
         )
-        return qc
+        return Alignment(group, frames, key, qc, reused=True)
     started = time.perf_counter()
     with FrameStack() as detections:
         skies, scores = [], []
         for frame in frames:
             aux = read_product(layout.aux(frame))[0]
             detection = registration.detection_image(aux)
-            detections.append(detection)
+            detections.append(detection, copy=False)
             scores.append(registration.quality_score(detection))
             skies.append(_sky_level(aux))
         # Best quality first; ties broken by the frame id so the choice is reproducible.
         ref_index = max(range(len(frames)), key=lambda i: (scores[i], frames[i].id))
         shifts, failed = _measure_shifts(detections, ref_index, frames, log)
-        assert detections.shape is not None
-        shape = detections.shape
+    return Alignment(
+        group, frames, key, qc, False, ref_index, shifts, failed, skies,
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def combine_group(layout: NightLayout, alignment: Alignment, log: Log = _quiet) -> dict:
+    """The second half of stack_group: shift the registered frames, take their median and
+    write stacked/<group>.fits; returns the group's stack record."""
+    if alignment.reused:
+        return alignment.qc
+    started = time.perf_counter()
+    group, frames, shifts = alignment.group, alignment.frames, alignment.shifts
+    ref_index, skies, failed = alignment.reference, alignment.skies, alignment.failed
     used = [i for i in range(len(frames)) if i not in failed]
-    registered = time.perf_counter()
-    fraction = registration.ghost_fraction([shifts[i] for i in used], shape)
+    with FrameStack() as aligned:
+        for index in used:
+            aux = read_product(layout.aux(frames[index]))[0]
+            shifted = registration.shift_image(aux, shifts[index].dy, shifts[index].dx)
+            shifted += np.float32(skies[ref_index] - skies[index])
+            aligned.append(shifted, copy=False)
+        assert aligned.shape is not None
+        fraction = registration.ghost_fraction([shifts[i] for i in used], aligned.shape)
+        data = aligned.median()
     if fraction > registration.GHOST_WARNING_FRACTION:
         log(
             "warning",
             f"In {group.object}:{group.filter}:{group.exposure_ms}, shifting by "
             f"{int(100 * fraction)}% of the field size.\nW: Beware of ghosts!",
         )
-    with FrameStack() as aligned:
-        for index in used:
-            aux = read_product(layout.aux(frames[index]))[0]
-            shifted = registration.shift_image(aux, shifts[index].dy, shifts[index].dx)
-            shifted += np.float32(skies[ref_index] - skies[index])
-            aligned.append(shifted)
-        data = aligned.median()
     reference = frames[ref_index]
-    header = product_header(read_frame(layout.raw(reference)).header)
+    header = product_header(scan_frame(layout.raw(reference)).header)
     header["FILTER"] = group.filter
     _set_type(header, "Light Frame", group.exposure_ms, group.object)
     _add_inputs(header, [frames[i] for i in used])
@@ -691,12 +733,13 @@ def _stack_group(
     for index in used:
         s = shifts[index]
         header.add_history(f"{frames[index].path} dy={s.dy:+.3f} dx={s.dx:+.3f} px")
-    write_image(path, data, stamp(header, key))
+    write_image(layout.stack(group), data, stamp(header, alignment.key))
     log(
         "verbose",
         f"  {group.object}:\n    {group.filter}:{group.exposure_ms}ms...   "
         f"Done ({len(used)} images).",
     )
+    qc = dict(alignment.qc)
     qc.update(
         reused=False,
         combined=len(used),
@@ -706,8 +749,8 @@ def _stack_group(
         rejected=[frames[i].path for i in failed],
         max_shift_fraction=round(fraction, 4),
         seconds={
-            "registration": round(registered - started, 3),
-            "combine": round(time.perf_counter() - registered, 3),
+            "registration": round(alignment.seconds, 3),
+            "combine": round(time.perf_counter() - started, 3),
         },
     )
     return qc

@@ -44,6 +44,11 @@ def run_graph(tasks: dict[Hashable, Task], jobs: int) -> dict[Hashable, Any]:
     if unknown:
         raise ValueError(f"tasks need unknown tasks: {sorted(map(str, unknown))}")
     waiting, results = dict(tasks), {}
+    while jobs <= 1 and waiting:  # one job: in the calling thread, as run_each does
+        key = next((k for k, (_, needs) in waiting.items() if set(needs) <= results.keys()), None)
+        if key is None:
+            raise ValueError(f"tasks wait on each other: {sorted(map(str, waiting))}")
+        results[key] = waiting.pop(key)[0]()
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         running: dict[Future, Hashable] = {}
         while waiting or running:

@@ -87,14 +87,25 @@ def test_graph_uses_jobs_threads_at_most_and_at_once():
     assert most[0] <= 2
 
 
-def test_graph_refuses_unknown_or_circular_needs_and_passes_errors():
+def test_graph_with_one_job_runs_in_order_in_the_calling_thread():
+    caller, seen = threading.get_ident(), []
+    tasks = {
+        "b": (lambda: seen.append(("b", threading.get_ident())), ("a",)),
+        "a": (lambda: seen.append(("a", threading.get_ident())), ()),
+    }
+    run_graph(tasks, jobs=1)
+    assert seen == [("a", caller), ("b", caller)]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_graph_refuses_unknown_or_circular_needs_and_passes_errors(jobs):
     with pytest.raises(ValueError, match="unknown"):
-        run_graph({"a": (lambda: 1, ("b",))}, jobs=2)
+        run_graph({"a": (lambda: 1, ("b",))}, jobs=jobs)
     with pytest.raises(ValueError, match="wait on each other"):
-        run_graph({"a": (lambda: 1, ("b",)), "b": (lambda: 2, ("a",))}, jobs=2)
+        run_graph({"a": (lambda: 1, ("b",)), "b": (lambda: 2, ("a",))}, jobs=jobs)
 
     def fail() -> None:
         raise RuntimeError("task failed")
 
     with pytest.raises(RuntimeError, match="task failed"):
-        run_graph({"a": (fail, ()), "b": (lambda: 2, ("a",))}, jobs=2)
+        run_graph({"a": (fail, ()), "b": (lambda: 2, ("a",))}, jobs=jobs)
