@@ -7,7 +7,11 @@ written, and is made again rather than reused.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from .fitsheader import BLOCK, Header, HeaderError, header_end
 
 ALL_ONES = 0xFFFFFFFF
 PLACEHOLDER = "0" * 16  # CHECKSUM's value while the header is summed
@@ -49,3 +53,27 @@ def encode(checksum: int) -> str:
             characters[4 * position + index] = four[position]
     rotated = characters[15:] + characters[:15]  # one place right, so the words line up
     return "".join(chr(c) for c in rotated)
+
+
+def checksums_hold(path: Path) -> bool:
+    """True when the primary HDU's DATASUM and CHECKSUM (where present) match its bytes."""
+    try:
+        raw = Path(path).read_bytes()
+        end = header_end(raw)
+        if end is None:
+            return False
+        header = Header.parse(raw[:end])
+    except (OSError, HeaderError):
+        return False
+    if "CHECKSUM" not in header and "DATASUM" not in header:
+        return True
+    size = abs(int(header.get("BITPIX", 8))) // 8 if header.get("NAXIS", 0) else 0
+    for axis in range(1, int(header.get("NAXIS", 0)) + 1):
+        size *= int(header.get(f"NAXIS{axis}", 0))
+    size += -size % BLOCK
+    if len(raw) < end + size:
+        return False
+    datasum = ones_complement_sum(raw[end : end + size])
+    if "DATASUM" in header and str(header["DATASUM"]).strip() != str(datasum):
+        return False
+    return "CHECKSUM" not in header or fold(ones_complement_sum(raw[:end]) + datasum) == ALL_ONES

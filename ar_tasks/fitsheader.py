@@ -19,6 +19,7 @@ from typing import Any
 CARD = 80
 BLOCK = 2880
 END_CARD = "END".ljust(CARD)
+_END_BYTES = END_CARD.encode("ascii")
 COMMENTARY = ("COMMENT", "HISTORY", "")
 # Cards describing the stored array, never copied from one HDU to another.
 _LAYOUT = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "GROUPS")
@@ -331,3 +332,14 @@ def _ascii(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
     return "".join(c if c.isascii() and c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def header_end(raw: bytes) -> int | None:
+    """Offset of the first byte after the primary header (a whole number of blocks), or
+    None when no END card is found."""
+    position = raw.find(_END_BYTES)
+    while position >= 0:
+        if position % CARD == 0:
+            return position + CARD + (-(position + CARD) % BLOCK)
+        position = raw.find(_END_BYTES, position + 1)
+    return None

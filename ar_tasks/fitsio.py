@@ -22,8 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .fitschecksum import ALL_ONES, PLACEHOLDER, encode, fold, ones_complement_sum
-from .fitsheader import BLOCK, CARD, END_CARD, Header, HeaderError
+from .fitschecksum import PLACEHOLDER, encode, fold, ones_complement_sum
+from .fitsheader import BLOCK, CARD, END_CARD, Header, HeaderError, header_end
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _END = END_CARD.encode("ascii")
@@ -107,17 +107,6 @@ def _file_bytes(path: Path) -> tuple[bytes, str]:
 
 def _truncated(size: int) -> FrameError:
     return FrameError(f"is truncated ({size} bytes, fewer than its FITS header promises)")
-
-
-def header_end(raw: bytes) -> int | None:
-    """Offset of the first byte after the primary header (a whole number of blocks), or
-    None when no END card is found."""
-    position = raw.find(_END)
-    while position >= 0:
-        if position % CARD == 0:
-            return position + CARD + (-(position + CARD) % BLOCK)
-        position = raw.find(_END, position + 1)
-    return None
 
 
 def _plain_stored(raw: bytes) -> tuple[Header, np.ndarray] | None:
@@ -360,27 +349,3 @@ def _read_header_from(stream: IO[bytes], path: Path) -> Header:
         blocks += block
         if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
             return Header.parse(bytes(blocks))
-
-
-def checksums_hold(path: Path) -> bool:
-    """True when the primary HDU's DATASUM and CHECKSUM (where present) match its bytes."""
-    try:
-        raw = Path(path).read_bytes()
-        end = header_end(raw)
-        if end is None:
-            return False
-        header = Header.parse(raw[:end])
-    except (OSError, HeaderError):
-        return False
-    if "CHECKSUM" not in header and "DATASUM" not in header:
-        return True
-    size = abs(int(header.get("BITPIX", 8))) // 8 if header.get("NAXIS", 0) else 0
-    for axis in range(1, int(header.get("NAXIS", 0)) + 1):
-        size *= int(header.get(f"NAXIS{axis}", 0))
-    size += -size % BLOCK
-    if len(raw) < end + size:
-        return False
-    datasum = ones_complement_sum(raw[end : end + size])
-    if "DATASUM" in header and str(header["DATASUM"]).strip() != str(datasum):
-        return False
-    return "CHECKSUM" not in header or fold(ones_complement_sum(raw[:end]) + datasum) == ALL_ONES

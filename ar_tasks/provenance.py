@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fitsio import FrameError, checksums_hold, read_header, sha256_file
+from .fitschecksum import checksums_hold
+from .fitsio import FrameError, read_header, sha256_file
 
 KEY_KEYWORD = "ARKEY"
 VERSION_KEYWORD = "ARVERS"
