@@ -156,7 +156,8 @@ class Reporter:
     "--jobs",
     type=int,
     default=0,
-    help="Groups or images processed at once (default: CPU count; at most 4 groups).",
+    help="Masters, groups or images processed at once (default: CPU count; at most 4 for "
+    "masters and groups).",
 )
 @click.option(
     "--raw", help="The night's raw folder (DARK, FLAT, ORIGINAL) or s3:// URL [default: here]."
