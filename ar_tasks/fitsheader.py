@@ -44,7 +44,6 @@ class Header:
 
     def __init__(self, cards: list[str] | None = None):
         self._cards: list[str] = list(cards or [])
-        self._keys = [_key(card) for card in self._cards]  # kept in step: lookups in C
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod
@@ -74,7 +73,7 @@ class Header:
         return fits.Header.fromstring(self.tostring())
 
     def keys(self) -> Iterator[str]:
-        return iter(list(self._keys))
+        return (_key(card) for card in self._cards)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._index(key) is not None
@@ -124,18 +123,15 @@ class Header:
         index = self._index(key)
         if index is None:
             self._cards.extend(new)
-            self._keys.extend(_key(card) for card in new)
             return
         end = index + 1 + _continuations(self._cards, index)
         self._cards[index:end] = new
-        self._keys[index:end] = [_key(card) for card in new]
 
     def add_history(self, text: str) -> None:
         """HISTORY cards holding `text`, split over as many cards as it needs."""
         text = _ascii(text)
         for start in range(0, max(len(text), 1), _HISTORY_TEXT):
             self._cards.append(("HISTORY " + text[start : start + _HISTORY_TEXT]).ljust(CARD))
-            self._keys.append("HISTORY")
 
     def remove(self, key: str) -> None:
         """Remove every card of `key` (and their CONTINUE cards); absent keys are fine."""
@@ -149,7 +145,6 @@ class Header:
             if not skipping:
                 kept.append(card)
         self._cards = kept
-        self._keys = [_key(card) for card in kept]
 
     def copy(self) -> Header:
         return Header(self._cards)
@@ -170,10 +165,10 @@ class Header:
         key = key.upper()
         if key.startswith("HIERARCH "):
             key = key[9:].strip()
-        try:
-            return self._keys.index(key)
-        except ValueError:
-            return None
+        for index, card in enumerate(self._cards):
+            if _key(card) == key:
+                return index
+        return None
 
     def _value_at(self, index: int) -> Any:
         card = self._cards[index]
