@@ -56,8 +56,7 @@ def sha256_file(path: Path) -> str:
 def read_frame(path: Path) -> RawFrame:
     """Read the first HDU holding a 2-D image; raise FrameError naming the problem."""
     raw, sha = _file_bytes(path)
-    plain = _plain_stored(raw)
-    header, pixels = _image_by_astropy(raw) if plain is None else (plain[0], _physical(*plain))
+    header, pixels = _image(raw)
     return RawFrame(pixels, header, sha)
 
 
@@ -107,6 +106,12 @@ def _file_bytes(path: Path) -> tuple[bytes, str]:
 
 def _truncated(size: int) -> FrameError:
     return FrameError(f"is truncated ({size} bytes, fewer than its FITS header promises)")
+
+
+def _image(raw: bytes) -> tuple[Header, np.ndarray]:
+    """Header and float32 pixels of a FITS file's bytes: numpy for plain images, else astropy."""
+    plain = _plain_stored(raw)
+    return _image_by_astropy(raw) if plain is None else (plain[0], _physical(*plain))
 
 
 def _plain_stored(raw: bytes) -> tuple[Header, np.ndarray] | None:
@@ -308,8 +313,7 @@ def read_product(path: Path) -> tuple[np.ndarray, Header]:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise FrameError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    plain = _plain_stored(raw)
-    header, pixels = _image_by_astropy(raw) if plain is None else (plain[0], _physical(*plain))
+    header, pixels = _image(raw)
     return pixels, header
 
 
