@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Iterator
 from typing import Any
 
 CARD = 80
@@ -72,9 +71,6 @@ class Header:
 
         return fits.Header.fromstring(self.tostring())
 
-    def keys(self) -> Iterator[str]:
-        return (_key(card) for card in self._cards)
-
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._index(key) is not None
 
@@ -93,9 +89,6 @@ class Header:
         if index is None:
             raise KeyError(f"Keyword {key!r} not found.")
         return _split_value(self._cards[index])[1]
-
-    def __len__(self) -> int:
-        return len(self._cards)
 
     def cards(self) -> list[str]:
         """The 80-character card images, in order."""
@@ -146,9 +139,6 @@ class Header:
                 kept.append(card)
         self._cards = kept
 
-    def copy(self) -> Header:
-        return Header(self._cards)
-
     def without_structure(self) -> Header:
         """A copy without the cards that describe the stored array (BITPIX, NAXISn, BZERO...):
         what a raw header contributes to a product stored another way."""
@@ -175,12 +165,12 @@ class Header:
         if _key(card) in COMMENTARY or not _has_value(card):
             return card[8:].rstrip()
         value = _split_value(card)[0]
-        if isinstance(value, str) and value.endswith("&"):
-            for following in self._cards[index + 1 :]:
-                if _key(following) != "CONTINUE" or not value.endswith("&"):
-                    break
-                more = _parse_value(following[8:])[0]
-                value = value[:-1] + (more if isinstance(more, str) else "")
+        continuations = self._cards[index + 1 : index + 1 + _continuations(self._cards, index)]
+        for following in continuations:
+            if not (isinstance(value, str) and value.endswith("&")):
+                break
+            more = _parse_value(following[8:])[0]
+            value = value[:-1] + (more if isinstance(more, str) else "")
         return value
 
 

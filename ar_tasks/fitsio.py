@@ -23,10 +23,9 @@ from typing import IO, Any
 import numpy as np
 
 from .fitschecksum import PLACEHOLDER, encode, fold, ones_complement_sum
-from .fitsheader import BLOCK, CARD, END_CARD, Header, HeaderError, header_end
+from .fitsheader import BLOCK, CARD, Header, HeaderError, header_end
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_END = END_CARD.encode("ascii")
 WRITE_BUFFER_PIXELS = 1 << 16  # pixels byte-swapped and summed at a time when writing
 _PIXEL_TYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
@@ -351,5 +350,6 @@ def _read_header_from(stream: IO[bytes], path: Path) -> Header:
         if len(block) < BLOCK:
             raise FrameError(f"{path} has no END card: not a FITS file, or truncated")
         blocks += block
-        if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
+        end = header_end(bytes(blocks[-BLOCK:]))  # the END card is in the newest block or none
+        if end is not None:
             return Header.parse(bytes(blocks))
