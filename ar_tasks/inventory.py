@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import camera
-from .fitsio import FrameError, scan_frame
+from .fitsio import FrameError, KnownFile, scan_frame
 from .threads import default_jobs, run_each
 
 INVENTORY_VERSION = 1
@@ -62,6 +62,7 @@ class Frame:
     nonfinite: int = 0
     size: int = 0  # bytes, with mtime_ns: lets a new inventory reuse this record unread
     mtime_ns: int = 0
+    ctime_ns: int = 0  # with size and mtime_ns: the bytes are still those hashed (see known)
     shape: tuple[int, int] = (0, 0)
     raw_object: str = ""  # OBJECT and FILTER as written in the header
     raw_filter: str = ""
@@ -70,6 +71,11 @@ class Frame:
     def id(self) -> str:
         """astro_reduce's frame id: the MD5 of the relative path string."""
         return hashlib.md5(self.path.encode()).hexdigest()
+
+    @property
+    def known(self) -> KnownFile:
+        """The file as the inventory hashed it: read_frame skips the hash while it is unchanged."""
+        return KnownFile((self.size, self.mtime_ns, self.ctime_ns), self.sha256)
 
     @property
     def working_name(self) -> str:
@@ -208,7 +214,7 @@ def inspect(night_dir: Path, relative: str) -> Frame:
     nonfinite, size = raw.nonfinite, raw.shape[0] * raw.shape[1]
     if nonfinite > MAX_NONFINITE_FRACTION * size:
         raise FrameError(f"has {nonfinite} NaN or infinite pixels of {size}")
-    stat = (night_dir / relative).stat()
+    size, mtime_ns, _ = raw.stamp
     frame = Frame(
         path=relative,
         kind=kind,
@@ -218,8 +224,9 @@ def inspect(night_dir: Path, relative: str) -> Frame:
         sha256=raw.sha256,
         date_obs=str(header.get("DATE-OBS", "")),
         nonfinite=nonfinite,
-        size=stat.st_size,
-        mtime_ns=stat.st_mtime_ns,
+        size=size,
+        mtime_ns=mtime_ns,
+        ctime_ns=raw.known.stamp[2] if raw.known else 0,  # 0: always hashed when read
         shape=raw.shape,
         raw_object=raw_object,
         raw_filter=raw_filter,
@@ -234,7 +241,8 @@ def take_inventory(
 
     Frames of `previous` whose file has the same size and modification time are reused without
     reading them again (reading every frame of a night costs more than the rest of a rerun);
-    every step checks the SHA-256 when it reads a frame, so a change is still caught. The
+    every step checks the SHA-256 when it reads a frame (unless even its ctime is unchanged),
+    so a change is still caught. The
     files are read `jobs` at a time (default: the cores), in threads.
     """
     night_dir = Path(night_dir)
@@ -278,7 +286,8 @@ def take_inventory(
 
 
 def _unchanged(night_dir: Path, frame: Frame | None) -> bool:
-    """True when a previously inventoried file still has the same size and mtime."""
+    """True when a previously inventoried file still has the same size and mtime (not ctime: a
+    raw frame staged again from S3 gets the object's mtime back, but a new ctime)."""
     if frame is None or not frame.size:
         return False
     try:

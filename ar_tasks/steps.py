@@ -322,7 +322,7 @@ def plan_masters(
 def _read_raw(layout: NightLayout, frame: Frame) -> RawFrame:
     """Read a raw frame and check it is the one the inventory saw."""
     try:
-        raw = read_frame(layout.raw(frame))
+        raw = read_frame(layout.raw(frame), frame.known)
     except FrameError as exc:
         raise FrameError(f"{frame.path} {exc}") from None
     if raw.sha256 != frame.sha256:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import time
 import warnings
 
 import numpy as np
@@ -202,6 +204,35 @@ def test_the_cosmetic_path_never_imports_astropy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_known_unchanged_file_is_not_hashed_again(raw_file):
+    """The stamp taken before hashing vouches for the bytes while size, mtime and ctime hold."""
+    time.sleep(2 * fitsio.RACY_WINDOW_NS / 1e9)
+    scan = fitsio.scan_frame(raw_file)
+    assert scan.known == fitsio.KnownFile(scan.stamp, fitsio.sha256_file(raw_file))
+    vouched = fitsio.KnownFile(scan.known.stamp, "f" * 64)  # a hash that only the stamp can give
+    assert fitsio.read_frame(raw_file, vouched).sha256 == "f" * 64
+
+
+def test_a_silent_edit_is_hashed_despite_its_restored_mtime(raw_file):
+    """Same size and the old mtime put back: the ctime still moves, so the hash is redone."""
+    time.sleep(2 * fitsio.RACY_WINDOW_NS / 1e9)
+    known = fitsio.scan_frame(raw_file).known
+    assert known is not None
+    before = os.stat(raw_file)
+    with open(raw_file, "r+b") as stream:
+        stream.seek(2880 + 10)
+        stream.write(b"\x7f")
+    os.utime(raw_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    frame = fitsio.read_frame(raw_file, known)
+    assert frame.sha256 == fitsio.sha256_file(raw_file) != known.sha256
+
+
+def test_a_file_written_just_now_is_not_vouched_for(raw_file):
+    """Racy: a second write in the same clock tick would leave the stamp unchanged."""
+    raw_file.write_bytes(raw_file.read_bytes())
+    assert fitsio.scan_frame(raw_file).known is None
 
 
 def test_scan_counts_undefined_pixels_without_converting(tmp_path):
