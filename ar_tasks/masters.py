@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .combine import FrameStack
+from .combine import FrameStack, median_of
 
 # Flat pixels below this fraction of the central level are not corrected (NaN in the master):
 # dividing by a near-zero response would turn noise into huge values (5.1.3 let inf through).
@@ -38,11 +38,11 @@ def robust_level(image: np.ndarray) -> float:
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise ValueError("no finite pixel in the central region")
-    median = float(np.median(values))
-    mad = float(np.median(np.abs(values - median))) * 1.4826
+    median = float(median_of(values))
+    mad = float(median_of(np.abs(values - median))) * 1.4826
     if mad > 0:
         values = values[np.abs(values - median) < 5 * mad]
-    return float(np.median(values))
+    return float(median_of(values))
 
 
 def master_dark(frames: Iterable[np.ndarray]) -> np.ndarray:

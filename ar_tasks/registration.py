@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .combine import block_sum, nanmedian_axis0
+from .combine import block_sum, median_of, nanmedian_axis0
 
 BACKGROUND_MESH = 64  # px: the scale of sky structure removed before correlating
 BACKGROUND_SUBSAMPLE = 2  # every other pixel of a cell estimates its sky
@@ -65,20 +65,11 @@ def background(image: np.ndarray, mesh: int = BACKGROUND_MESH) -> np.ndarray:
     grid = nanmedian_axis0(np.moveaxis(cells.reshape(ny, nx, -1), 2, 0)).astype(np.float64)
     fill = np.nanmedian(grid) if np.isfinite(grid).any() else 0.0
     grid = _median3x3(np.where(np.isfinite(grid), grid, fill))
-    # Rows by a small matrix product, then columns by gathering the two neighbouring cells
-    # (a full-size matrix product would call a multithreaded BLAS for 16 MMAC of zeros).
+    # Bilinear interpolation as two small matrix products: (height x ny)(ny x nx), then
+    # (height x nx)(nx x width) in float32 (0.5 ms at 1024^2, against 2.2 ms gathering the two
+    # neighbouring cells of every pixel). The BLAS is single-threaded (see ar_tasks/__init__).
     by_rows = (_interpolation_matrix(height, ny, mesh) @ grid).astype(np.float32)
-    lower, weight = _interpolation_weights(width, nx, mesh)
-    if nx == 1:
-        return np.repeat(by_rows, width, axis=1)
-    weight = weight.astype(np.float32)
-    # np.take keeps C order (fancy indexing along axis 1 would not, slowing every later use).
-    low = np.take(by_rows, lower, axis=1)
-    low *= 1 - weight
-    high = np.take(by_rows, lower + 1, axis=1)
-    high *= weight
-    low += high
-    return low
+    return by_rows @ _interpolation_matrix(width, nx, mesh).T.astype(np.float32)
 
 
 def _median3x3(grid: np.ndarray) -> np.ndarray:
@@ -134,10 +125,11 @@ def _replace_sharp_pixels(residual: np.ndarray, sigma: float) -> None:
     Only pixels above SHARP_SIGMA can qualify, so the median is computed for those alone
     (a few percent of the frame) instead of filtering the whole image.
     """
-    rows, cols = np.nonzero(residual > SHARP_SIGMA * sigma)
+    height, width = residual.shape
+    # Flat indices: ten times faster than np.nonzero's (rows, cols) of a 2-D mask.
+    rows, cols = np.divmod(np.flatnonzero(residual > SHARP_SIGMA * sigma), width)
     if rows.size == 0:
         return
-    height, width = residual.shape
     around_rows = [np.clip(rows + d, 0, height - 1) for d in (-1, 0, 1)]  # edge replicated
     around_cols = [np.clip(cols + d, 0, width - 1) for d in (-1, 0, 1)]
     neighbours = np.stack([residual[r, c] for r in around_rows for c in around_cols])
@@ -153,7 +145,7 @@ def _noise(residual: np.ndarray) -> float:
     values = values[values != 0]
     if values.size == 0:
         return 0.0
-    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return 1.4826 * float(median_of(np.abs(values - median_of(values))))
 
 
 def quality_score(detection: np.ndarray) -> float:

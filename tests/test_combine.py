@@ -12,6 +12,7 @@ from ar_tasks.combine import (
     FrameStack,
     MemoryBudget,
     median_noise_factor,
+    median_of,
     nanmedian_axis0,
     process_budget,
     sorting_network,
@@ -34,6 +35,21 @@ def test_nanmedian_matches_numpy(count):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     finite = np.isfinite(expected)
     assert np.array_equal(got[finite], expected[finite].astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 101, 1000, 65537])
+def test_median_of_is_numpy_median_to_the_bit(count, dtype):
+    """Odd and even counts, ties, a NaN: the same value and type as np.median."""
+    rng = np.random.default_rng(count)
+    values = (rng.normal(100, 5, count) * (1 if dtype != np.int16 else 10)).astype(dtype)
+    cases = [values, np.round(values)]
+    if dtype != np.int16:
+        cases.append(np.where(np.arange(count) == count // 3, np.nan, values).astype(dtype))
+    for case in cases:
+        got, expected = np.asarray(median_of(case)), np.asarray(np.median(case))
+        assert got.dtype == expected.dtype
+        assert np.array_equal(got, expected, equal_nan=True)
 
 
 @pytest.mark.parametrize("count", range(2, 13))
