@@ -26,6 +26,7 @@ DEFAULT_BLOCK_BYTES = 8 * 1024 * 1024  # bytes of the (frames x rows x columns) 
 
 NETWORK_MAX_FRAMES = 40  # up to here a sorting network beats numpy's per-pixel sort (measured)
 _NETWORK_BLOCK_BYTES = 1 << 20  # pixels sorted together: the block stays in the CPU cache
+_INF = np.float32(np.inf)
 
 
 @functools.cache
@@ -91,28 +92,42 @@ def nanmedian_axis0(cube: np.ndarray) -> np.ndarray:
 
 
 def _network_median(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """nanmedian_axis0 of equally long 1-D float32 arrays by a sorting network, in blocks."""
+    """nanmedian_axis0 of equally long 1-D float32 arrays by a sorting network, in blocks.
+
+    NaN become +inf as each block is copied (np.fmin), so no mask is built; the few pixels
+    with an undefined value (a shifted frame's uncovered edge) are found from the sorted rows
+    (+inf last, -inf first) and redone at the end from the frames, all at once.
+    """
     count, size = len(frames), frames[0].size
     pairs = sorting_network(count)
     step = max(1024, _NETWORK_BLOCK_BYTES // (4 * count))
     result = np.empty(size, dtype=np.float32)
     block = np.empty((count, min(step, size)), dtype=np.float32)
     spare = np.empty(min(step, size), dtype=np.float32)
+    low_index, high_index = (count - 1) // 2, count // 2
+    partial = []
     for start in range(0, size, step):
         stop = min(size, start + step)
         values = block[:, : stop - start]
         for row, frame in zip(values, frames, strict=True):
-            np.copyto(row, frame[start:stop])
-        missing = ~np.isfinite(values)
-        if missing.any():
-            values[missing] = np.inf
+            np.fmin(frame[start:stop], _INF, out=row)  # a copy in which NaN is +inf
         rows = list(values)
         low = spare[: stop - start]
         for i, j in pairs:
             np.minimum(rows[i], rows[j], out=low)
             np.maximum(rows[i], rows[j], out=rows[j])
             rows[i], low = low, rows[i]  # swap references, not pixels
-        result[start:stop] = _middle(rows, missing)
+        median = result[start:stop]
+        np.add(rows[low_index], rows[high_index], out=median)
+        median *= np.float32(0.5)
+        partial.append(np.flatnonzero((rows[-1] == _INF) | (rows[0] == -_INF)) + start)
+    pixels = np.concatenate(partial)
+    if pixels.size:
+        cube = np.stack([frame[pixels] for frame in frames])
+        missing = ~np.isfinite(cube)
+        cube[missing] = _INF
+        cube.sort(axis=0)
+        result[pixels] = _middle(cube, missing)
     return result
 
 

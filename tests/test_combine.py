@@ -27,6 +27,7 @@ def test_nanmedian_matches_numpy(count):
     cube[rng.random(cube.shape) < 0.2] = np.nan
     cube[:, 0, 0] = np.nan
     cube[0, 0, 1] = np.inf
+    cube[-1, 0, 2] = -np.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanmedian(np.where(np.isinf(cube), np.nan, cube).astype(np.float64), axis=0)
