@@ -46,9 +46,9 @@ class Header:
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod
-    def parse(cls, text: bytes | str) -> Header:
+    def parse(cls, text: bytes | bytearray | str) -> Header:
         """Cards from header bytes, up to END (which is not kept); ASCII only."""
-        if isinstance(text, bytes):
+        if isinstance(text, bytes | bytearray):
             try:
                 text = text.decode("ascii")
             except UnicodeDecodeError as exc:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -120,13 +121,16 @@ def scan_frame(path: Path) -> FrameScan:
 
 def _file_bytes(
     path: Path, known: KnownFile | None = None
-) -> tuple[bytes, str, tuple[FileStamp, FileStamp]]:
+) -> tuple[bytes | bytearray, str, tuple[FileStamp, FileStamp]]:
     """A file's bytes (gzip undone), the SHA-256 of the bytes on disk (`known`'s when the file
-    has not changed since it was taken) and the file's stamps before and after reading."""
+    has not changed since it was taken) and the file's stamps before and after reading.
+
+    The bytes may be this thread's scratch buffer: use them before the thread's next read.
+    """
     try:
-        with open(path, "rb") as stream:
+        with open(path, "rb", buffering=0) as stream:
             before = file_stamp(os.fstat(stream.fileno()))
-            raw = stream.read()
+            raw = _read_all(stream, before[0])
             after = file_stamp(os.fstat(stream.fileno()))
     except OSError as exc:
         raise FrameError(f"cannot be read ({exc.strerror or exc})") from None
@@ -140,6 +144,26 @@ def _file_bytes(
         except (OSError, EOFError) as exc:
             raise FrameError(f"is a damaged gzip file ({exc})") from None
     return raw, sha, (before, after)
+
+
+_scratch = threading.local()
+
+
+def _read_all(stream: IO[bytes], size: int) -> bytearray:
+    """The whole file, in this thread's buffer when it is `size` bytes long (as every frame of
+    a night is). A frame read is transient (converted to float32, hashed, parsed), and
+    refilling the same pages costs 0.2 ms per 2 MB frame where fresh ones cost 1 ms."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _scratch.buffer = bytearray(size)
+    view, done = memoryview(buffer), 0
+    while done < size:
+        count = stream.readinto(view[done:])
+        if not count:  # shorter than it was a moment ago
+            return buffer[:done]
+        done += count
+    rest = stream.read()  # longer than it was a moment ago
+    return buffer + rest if rest else buffer
 
 
 def _truncated(size: int) -> FrameError:
