@@ -406,6 +406,17 @@ def read_header(path: Path) -> Header:
         return _read_header_from(stream, path)
 
 
+def frame_header(path: Path) -> Header:
+    """The header read_frame gives, read alone when the file is a plain 2-D image."""
+    try:
+        header = read_header(path)
+    except (OSError, FrameError, HeaderError):
+        header = None
+    if header is not None and _image_shape(header) is not None:
+        return header
+    return scan_frame(path).header  # compressed, extensions: the whole file
+
+
 def _read_header_from(stream: IO[bytes], path: Path) -> Header:
     blocks = bytearray()
     while True:

@@ -28,11 +28,11 @@ from .fitsheader import Header
 from .fitsio import (
     FrameError,
     RawFrame,
+    frame_header,
     product_header,
     read_frame,
     read_header,
     read_product,
-    scan_frame,
     set_card,
     write_bytes_atomic,
     write_image,
@@ -721,7 +721,7 @@ def combine_group(layout: NightLayout, alignment: Alignment, log: Log = _quiet) 
             f"{int(100 * fraction)}% of the field size.\nW: Beware of ghosts!",
         )
     reference = frames[ref_index]
-    header = product_header(scan_frame(layout.raw(reference)).header)
+    header = product_header(frame_header(layout.raw(reference)))
     header["FILTER"] = group.filter
     _set_type(header, "Light Frame", group.exposure_ms, group.object)
     _add_inputs(header, [frames[i] for i in used])

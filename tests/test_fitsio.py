@@ -38,6 +38,7 @@ def test_reads_plain_gzip_and_fpack_alike(raw_file, tmp_path):
         np.testing.assert_array_equal(frame.data, DATA)
         assert frame.header["EXPTIME"] == 10.0
         assert frame.sha256 == fitsio.sha256_file(path)
+        assert fitsio.frame_header(path).cards() == frame.header.cards()
 
 
 @pytest.mark.parametrize(
