@@ -242,8 +242,8 @@ def take_inventory(
     Frames of `previous` whose file has the same size and modification time are reused without
     reading them again (reading every frame of a night costs more than the rest of a rerun);
     every step checks the SHA-256 when it reads a frame (unless even its ctime is unchanged),
-    so a change is still caught. The
-    files are read `jobs` at a time (default: the cores), in threads.
+    so a change is still caught. The files are read `jobs` at a time (default: the cores), in
+    threads.
     """
     night_dir = Path(night_dir)
     paths, ignored = find_raw_files(night_dir)
