@@ -131,16 +131,16 @@ def _network_median(frames: Sequence[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _middle(ordered: Sequence[np.ndarray] | np.ndarray, missing: np.ndarray) -> np.ndarray:
+def _middle(ordered: np.ndarray, missing: np.ndarray) -> np.ndarray:
     """Median of sorted values (axis 0) of which `missing` ones (sorted last) do not count."""
-    count = len(ordered)
+    count = ordered.shape[0]
     low, high = (count - 1) // 2, count // 2
     median = (ordered[low] + ordered[high]) * np.float32(0.5)
     if not missing.any():
         return median.astype(np.float32, copy=False)
     valid = count - np.count_nonzero(missing, axis=0)
     partial = np.nonzero(valid < count)[0]
-    ordered = np.asarray(ordered)[:, partial]
+    ordered = ordered[:, partial]
     n = valid[partial]
     a = ordered[np.maximum(n - 1, 0) // 2, np.arange(partial.size)]
     b = ordered[np.minimum(n // 2, count - 1), np.arange(partial.size)]
