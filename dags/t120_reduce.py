@@ -142,19 +142,19 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
             "astrometrynet_online: nova.astrometry.net (key: connection below).",
         ),
         "refcat": Param(
-            os.environ.get("AR_REFCAT", ""),
-            type="string",
+            os.environ.get("AR_REFCAT") or None,
+            type=["null", "string"],
             title="SCAMP reference catalogue file (FITS table with RA, DEC, MAG)",
             description="Empty: the per-field cache below, else SCAMP queries GAIA-EDR3 online.",
         ),
         "refcat_cache": Param(
-            os.environ.get("AR_REFCAT_CACHE", ""),
-            type="string",
+            os.environ.get("AR_REFCAT_CACHE") or None,
+            type=["null", "string"],
             title="Folder of per-field Gaia DR3 catalogues (fetched once, then reused)",
         ),
         "anet_index": Param(
-            os.environ.get("AR_ANET_INDEX_DIR", ""),
-            type="string",
+            os.environ.get("AR_ANET_INDEX_DIR") or None,
+            type=["null", "string"],
             title="astrometry.net index folder (empty: /usr/share/astrometry)",
         ),
         "aws_conn_id": Param(
