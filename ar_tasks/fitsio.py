@@ -65,6 +65,11 @@ def file_stamp(stat: os.stat_result) -> FileStamp:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
+def racy_ns(stamp: FileStamp) -> int:
+    """How long (ns) until a hash taken now could be vouched for by `stamp`; 0: it already can."""
+    return max(0, stamp[2] + RACY_WINDOW_NS + 1 - time.time_ns())
+
+
 @dataclass(frozen=True)
 class KnownFile:
     """A file's stamp taken before its bytes were hashed, and their SHA-256."""
@@ -113,7 +118,7 @@ def scan_frame(path: Path) -> FrameScan:
         else:
             nonfinite = 0
     before, after = stamps
-    steady = before == after and time.time_ns() - after[2] > RACY_WINDOW_NS
+    steady = before == after and not racy_ns(after)
     known = KnownFile(before, sha) if steady else None
     shape = (int(pixels.shape[0]), int(pixels.shape[1]))
     return FrameScan(header, shape, nonfinite, sha, after, known)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import camera
-from .fitsio import FrameError, KnownFile, scan_frame
+from .fitsio import FrameError, KnownFile, racy_ns, scan_frame
 from .threads import default_jobs, run_each
 
 INVENTORY_VERSION = 1
@@ -62,7 +63,8 @@ class Frame:
     nonfinite: int = 0
     size: int = 0  # bytes, with mtime_ns: lets a new inventory reuse this record unread
     mtime_ns: int = 0
-    ctime_ns: int = 0  # with size and mtime_ns: the bytes are still those hashed (see known)
+    ctime_ns: int = 0  # with size and mtime_ns: the bytes are still those hashed (see known);
+    # 0 only for a file that kept changing while inspected (always hashed when read)
     shape: tuple[int, int] = (0, 0)
     raw_object: str = ""  # OBJECT and FILTER as written in the header
     raw_filter: str = ""
@@ -195,10 +197,15 @@ def find_raw_files(night_dir: Path) -> tuple[list[str], list[str]]:
 def inspect(night_dir: Path, relative: str) -> Frame:
     """Read and validate one raw file.
 
-    Raises FrameError or camera.HeaderError with the reason.
+    A file read within the racy window of its last write (just staged or written) is read again
+    once that window is past, so its stamp vouches for the hash and the record does not depend
+    on when the inventory ran. Raises FrameError or camera.HeaderError with the reason.
     """
     kind = camera.FRAME_FOLDERS[relative.split("/", 1)[0]]
     raw = scan_frame(night_dir / relative)
+    if raw.known is None and (wait := racy_ns(raw.stamp)):
+        time.sleep(wait / 1e9)
+        raw = scan_frame(night_dir / relative)  # header and hash from the same, later, bytes
     header = raw.header
     exposure = camera.exposure_ms(header)
     raw_filter = raw_object = ""

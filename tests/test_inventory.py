@@ -83,3 +83,25 @@ def test_threads_give_the_same_inventory(tmp_path):
     serial, threaded = take_inventory(tmp_path, jobs=1), take_inventory(tmp_path, jobs=3)
     assert threaded.to_json() == serial.to_json()
     assert [p.path for p in threaded.quarantined] == ["FLAT/broken.fits", "FLAT/wide.fits"]
+
+
+def test_an_inventory_taken_just_after_the_writes_records_what_a_later_one_does(
+    tmp_path, monkeypatch
+):
+    """A file hashed within the racy window of its last write is read again once the window is
+    past: its stamp is recorded (it vouches for the hash) whenever the inventory runs."""
+    import time
+
+    from ar_tasks import fitsio
+
+    monkeypatch.setattr(fitsio, "RACY_WINDOW_NS", 300_000_000)  # "just now", however slow CI is
+    for index in range(3):
+        _write(tmp_path / f"DARK/d{index}.fits", EXPTIME=10)
+    early = take_inventory(tmp_path, jobs=1)
+    time.sleep(2 * fitsio.RACY_WINDOW_NS / 1e9)
+    later = take_inventory(tmp_path, jobs=3)
+    assert early.to_json() == later.to_json()
+    for frame in early.frames:
+        path = tmp_path / frame.path
+        assert frame.known.stamp == fitsio.file_stamp(path.stat())
+        assert frame.sha256 == fitsio.sha256_file(path)
