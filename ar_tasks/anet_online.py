@@ -21,7 +21,10 @@ import numpy as np
 
 from .anet_local import HINT_RADIUS_DEG, SCALE_TOLERANCE
 from .lazy_import import fits
+from .logs import VERBOSE, get_logger
 from .wcs_headers import celestial
+
+log = get_logger(__name__)
 
 API_KEY_ENV = "AR_ASTROMETRY_NET_API_KEY"
 SERVER_ENV = "AR_ASTROMETRY_NET_URL"
@@ -91,7 +94,6 @@ def solve(
     pointing: tuple[float, float] | None,
     sources: tuple[np.ndarray, np.ndarray] | None = None,
     image: Path | None = None,
-    log: Any = None,
 ) -> tuple[fits.Header | None, str]:
     """Solve a source list (or, when `sources` is None, upload `image`); (header, reason).
 
@@ -128,8 +130,7 @@ def solve(
             last_error = f"{type(exc).__name__}: {exc}"
             if _permanent(exc):
                 raise OnlineError(f"{settings.resolved_server()}: {last_error}") from exc
-            if log is not None:
-                log("verbose", f"    astrometry.net attempt {attempt} failed ({last_error})")
+            log.log(VERBOSE, "    astrometry.net attempt %s failed (%s)", attempt, last_error)
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay *= 2
             continue

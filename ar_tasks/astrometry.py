@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from .camera import HeaderError
 from .fitsio import read_product, set_card, sha256_file, write_image
 from .layout import ASTROMATIC_FOLDERS, REDUCED
 from .lazy_import import fits
-from .provenance import KEY_KEYWORD, input_key, is_current, product_key, stamp
+from .logs import VERBOSE, get_logger
+from .provenance import KEY_KEYWORD, code_identity, input_key, is_current, product_key, stamp
 from .wcs_headers import (
     header_pointing,
     initial_wcs,
@@ -47,11 +49,7 @@ POSITION_MAXERR_DEG = 0.1  # SCAMP's POSITION_MAXERR (6') in t120.scamp
 SCRATCH_PREFIX = ".ar_astro_"
 REFCAT_ENV, REFCAT_CACHE_ENV = "AR_REFCAT", "AR_REFCAT_CACHE"
 
-Log = Any  # (level, message) callable, as in steps
-
-
-def _quiet(level: str, message: str) -> None:
-    """Default log: say nothing."""
+log = get_logger(__name__)
 
 
 class UnusableSolution(ValueError):
@@ -152,11 +150,37 @@ class AstrometryOptions:
             refs["server"] = self.online_settings.resolved_server()
         flags = ("sex", "psfex", "sexagain", "scamp", "local", "online", "forceimg")
         return {
+            "code": astrometry_code(),
+            "tools": {name: externals.tool_version(name) for name in self.programs()},
             "flags": {name: getattr(self, name) for name in flags},
             "configs": configs_key(tuple(dict.fromkeys(used)), self.config_dir),
             "cpulimit": self.cpulimit if self.local else None,
             **refs,
         }
+
+    @property
+    def route(self) -> str:
+        """The steps asked for, e.g. "sex,psfex,sexagain,scamp" (empty: no astrometry); both
+        faces name a route the same way, so their records and manifests agree."""
+        flags = ("sex", "psfex", "sexagain", "scamp", "local", "online", "forceimg")
+        return ",".join(name for name in flags if getattr(self, name))
+
+    def programs(self) -> list[str]:
+        """The external programs this route runs."""
+        used = ["sextractor"] if self.sex else []
+        used += ["psfex"] if self.psfex else []
+        used += ["scamp"] if self.scamp else []
+        used += ["solve-field"] if self.local else []
+        return used
+
+
+def astrometry_code() -> str:
+    """The identity of the code that turns an image into its solved reduced/ product."""
+    from . import wcs_headers
+
+    return code_identity(
+        sys.modules[__name__], astromatic, anet_local, anet_online, refcat, wcs_headers
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -195,7 +219,7 @@ class _Outcome:
     keep: dict[Path, str] = field(default_factory=dict)  # scratch file -> product folder
 
 
-def solve_image(out_dir: Path, image: Path, options: AstrometryOptions, log: Log = _quiet) -> dict:
+def solve_image(out_dir: Path, image: Path, options: AstrometryOptions) -> dict:
     """Run the chosen astrometric steps on one aux frame or stack; returns its record."""
     out_dir, image = Path(out_dir), Path(image)
     started = time.monotonic()
@@ -212,7 +236,7 @@ def solve_image(out_dir: Path, image: Path, options: AstrometryOptions, log: Log
         return {**record, "status": "reused", "product": str(target.relative_to(out_dir))}
     work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{image.stem}.", dir=out_dir))
     try:
-        outcome = _run(image, work, options, log)
+        outcome = _run(image, work, options)
         if outcome.status == "solved":
             _write_reduced(image, target, outcome, key)
         elif outcome.status == "catalogued":
@@ -248,7 +272,7 @@ def _target(out_dir: Path, image: Path, options: AstrometryOptions) -> Path:
     return out_dir / SEXRES / f"{image.stem}.ldac"
 
 
-def _run(image: Path, work: Path, options: AstrometryOptions, log: Log) -> _Outcome:
+def _run(image: Path, work: Path, options: AstrometryOptions) -> _Outcome:
     header = fits.getheader(image)
     template = read_card_file(config_file("t120.ahead", options.config_dir))
     shape = (int(header["NAXIS1"]), int(header["NAXIS2"]))
@@ -289,8 +313,8 @@ def _run(image: Path, work: Path, options: AstrometryOptions, log: Log) -> _Outc
         _take(outcome, solution.header, solution.reason, solution.stats, "astrometry.net local")
     if options.online and outcome.status != "solved":
         if options.local:
-            log("verbose", f"    {image.name}: local solve failed, trying astrometry.net online")
-        _solve_online(link, catalogue, shape, scale, pointing, options, outcome, log)
+            log.log(VERBOSE, "    %s: local solve failed, trying astrometry.net online", image.name)
+        _solve_online(link, catalogue, shape, scale, pointing, options, outcome)
     return outcome
 
 
@@ -368,7 +392,6 @@ def _solve_online(
     pointing: tuple[float, float] | None,
     options: AstrometryOptions,
     outcome: _Outcome,
-    log: Log,
 ) -> None:
     """The source list by default; the whole image with --forceimg, or when the list is too
     short or does not solve (as astro_reduce's README says)."""
@@ -377,12 +400,12 @@ def _solve_online(
     if catalogue is not None and not options.forceimg:
         sources = anet_online.source_list(catalogue)
         if len(sources[0]) < anet_online.MIN_SOURCES:
-            log("verbose", f"    {image.name}: {len(sources[0])} sources, uploading the image")
+            log.log(VERBOSE, "    %s: %s sources, uploading the image", image.name, len(sources[0]))
             sources = None
-    header, reason = anet_online.solve(settings, shape, scale, pointing, sources, image, log)
+    header, reason = anet_online.solve(settings, shape, scale, pointing, sources, image)
     if header is None and sources is not None:
-        log("verbose", f"    {image.name}: the source list did not solve, uploading the image")
-        header, reason = anet_online.solve(settings, shape, scale, pointing, None, image, log)
+        log.log(VERBOSE, "    %s: the source list did not solve, uploading the image", image.name)
+        header, reason = anet_online.solve(settings, shape, scale, pointing, None, image)
     _take(outcome, header, reason, {}, "astrometry.net online")
 
 
@@ -415,11 +438,11 @@ def _keep(outcome: _Outcome, out_dir: Path, work: Path, stem: str) -> None:
         destination = out_dir / folder / source.name
         destination.parent.mkdir(exist_ok=True)
         os.replace(source, destination)
-    log = work / "tools.log"
-    if log.is_file():
+    tools_log = work / "tools.log"
+    if tools_log.is_file():
         destination = out_dir / SEXRES / f"{stem}.log"
         destination.parent.mkdir(exist_ok=True)
-        os.replace(log, destination)
+        os.replace(tools_log, destination)
 
 
 def remove_scratch(out_dir: Path, older_than: float) -> list[Path]:

@@ -7,26 +7,31 @@ exit status is non-zero when anything failed, and a log file is kept beside the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import functools
 import gc
-import os
+import logging
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__, steps
+from . import __version__, nightplan, pipeline
 from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
+from .logs import ROOT, VERBOSE, ContextFilter, get_logger
+from .nightplan import NightPlan, ReductionOptions
+from .steps import StepError, clear_night, load_inventory, publish, remove_temporaries, setup_night
 from .storage import StorageError, is_s3
-from .threads import Task, default_jobs, run_graph
+from .threads import default_jobs
 from .workspace import night_workspace
+
+log = get_logger(__name__)
 
 LOG_FILE = "astro_reduce.log"
 OPTION_ORDER = (
@@ -62,41 +67,58 @@ ASTROMETRY_SETTINGS = {
 }
 
 
-class Reporter:
-    """Prints 5.1.3-style coloured messages, counts errors, and mirrors everything to a log."""
+class CliHandler(logging.Handler):
+    """Turns the library's log records into astro_reduce 5.1.3's console lines (E:/W: prefixes,
+    colours; VERBOSE lines only with -v), counts the errors, and mirrors every line it prints
+    into `astro_reduce.log` with a time stamp."""
 
     def __init__(self, verbose: bool, log_path: Path | None = None):
+        super().__init__(level=VERBOSE if verbose else logging.INFO)
         self.verbose = verbose
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self._log_path = log_path
-        self._lock = threading.Lock()
+        self.addFilter(ContextFilter())
 
-    def __call__(self, level: str, message: str) -> None:
-        if level == "error":
+    def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
             self.errors.append(message)
             self._print("E: " + message, fg="red", err=True)
-        elif level == "warning":
+        elif record.levelno >= logging.WARNING:
             self.warnings.append(message)
             self._print("W: " + message, fg="magenta")
-        elif level == "info":
+        elif record.levelno >= logging.INFO:
             self._print(message, fg="green")
-        elif self.verbose:
+        else:
             self._print(message)
 
     def _print(self, text: str, fg: str | None = None, err: bool = False) -> None:
-        with self._lock:  # steps run in threads: one message at a time, whole
-            self._print_unlocked(text, fg, err)
-
-    def _print_unlocked(self, text: str, fg: str | None, err: bool) -> None:
         click.secho(text, fg=fg, err=err)
         if self._log_path is not None:
             stamp = dt.datetime.now().isoformat(timespec="seconds")
             try:
-                with open(self._log_path, "a", encoding="utf-8") as log:
-                    log.write(f"{stamp} {text}\n")
+                with open(self._log_path, "a", encoding="utf-8") as log_file:
+                    log_file.write(f"{stamp} {text}\n")
             except OSError:
                 self._log_path = None
+
+
+@contextlib.contextmanager
+def reporting(verbose: bool, log_path: Path | None) -> Iterator[CliHandler]:
+    """The CLI's handler on the library's logger tree for the duration of one command."""
+    handler = CliHandler(verbose, log_path)
+    root = logging.getLogger(ROOT)
+    level, propagate = root.level, root.propagate
+    root.addHandler(handler)
+    root.setLevel(VERBOSE)
+    root.propagate = False
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        root.propagate = propagate
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,61 +229,119 @@ def _roots(raw: str | None, products: str | None) -> tuple[str, str]:
 
 def _run(
     layout: NightLayout, given: list[str], options: dict[str, Any], label: str | None = None
-) -> Reporter:
-    """One command on one night's folders; returns the reporter holding its problems."""
+) -> CliHandler:
+    """One command on one night's folders; returns the handler holding its problems."""
     click.secho(f"Currently working in directory `{label or layout.name}`.", fg="green")
     click.secho(f"Options: {', '.join(given)}.", fg="green")
     if options["clearall"] or options["clear"]:
-        removed = steps.clear_night(layout, everything=options["clearall"])
+        removed = clear_night(layout, everything=options["clearall"])
         click.echo(f"Removed: {', '.join(removed) if removed else 'nothing to remove'}.")
-        return Reporter(verbose=False)
+        return CliHandler(verbose=False)
     verbose = options["verbose"] or options["setup"]
-    report = Reporter(verbose=verbose, log_path=layout.out_dir / LOG_FILE)
-    try:
-        if options["setup"]:
-            separate = layout.raw_dir != layout.out_dir
-            _setup(layout, report, link=options["link"], copies=not separate)
-        else:
-            _reduce(layout, report, options)
-    except steps.StepError as exc:
-        report("error", str(exc))
+    with reporting(verbose, layout.out_dir / LOG_FILE) as report:
+        try:
+            if options["setup"]:
+                separate = layout.raw_dir != layout.out_dir
+                _setup(layout, link=options["link"], copies=not separate)
+            else:
+                _reduce(layout, options, label)
+        except StepError as exc:
+            log.error("%s", exc)
     return report
 
 
-def _setup(layout: NightLayout, report: Reporter, link: bool, copies: bool = True) -> None:
+def _setup(layout: NightLayout, link: bool, copies: bool = True) -> None:
     """Inventory the night; working copies only when products live beside the raw folders
     (with --raw/--products the archive stays apart, read-only, and is not copied)."""
-    report("info", "Setting up for reduction:")
+    log.info("Setting up for reduction:")
     mode = ("link" if link else "copy") if copies else None
-    summary = steps.setup_night(layout, working_copies=mode, log=report)
+    summary = setup_night(layout, working_copies=mode)
     verb = ("Linking" if link else "Copying") if copies else "Found"
     for kind, label in (("darks", "dark field"), ("flats", "flat field"), ("objects", "object")):
-        report("verbose", f"  {verb} {label} images...     Done ({summary[kind]} files).")
-    report("verbose", f"  Writing configuration file `{layout.config_file.name}`.")
-    report("verbose", f"  Groups to stack: {', '.join(summary['groups']) or 'none'}.")
-    report("info", "Done.")
+        log.log(VERBOSE, "  %s %s images...     Done (%s files).", verb, label, summary[kind])
+    log.log(VERBOSE, "  Writing configuration file `%s`.", layout.config_file.name)
+    log.log(VERBOSE, "  Groups to stack: %s.", ", ".join(summary["groups"]) or "none")
+    log.info("Done.")
 
 
-def _reduce(layout: NightLayout, report: Reporter, options: dict[str, Any]) -> None:
-    report("info", f"Parsing configuration file `{layout.config_file.name}`.")
-    inventory = steps.load_inventory(layout)
-    steps.remove_temporaries(layout)
+def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> None:
+    """The night plan's masters, groups and astrometry in one thread graph, then the manifest."""
+    log.info("Parsing configuration file `%s`.", layout.config_file.name)
+    inventory = load_inventory(layout)
+    remove_temporaries(layout)
     for problem in inventory.quarantined:
-        report("warning", f"{problem.path} {problem.reason}: left out at setup.")
-    if report.verbose:
-        _files_found(inventory, report)
-    astro = _astrometry_options(options, report)
-    if options["astrometryonly"]:
-        if not astro.requested:
-            raise steps.StepError("--astrometryonly needs an astrometric option (-m, -nl, -no...).")
-        _astrometry(layout, [g.name for g in inventory.groups()], astro, report, options)
-        return
-    _cosmetic(layout, inventory, report, options)
-    if astro.requested:
-        _astrometry(layout, [g.name for g in inventory.groups()], astro, report, options)
+        log.warning("%s %s: left out at setup.", problem.path, problem.reason)
+    _files_found(inventory)  # VERBOSE: printed with -v
+    astro = _astrometry_options(options)
+    if options["astrometryonly"] and not astro.requested:
+        raise StepError("--astrometryonly needs an astrometric option (-m, -nl, -no...).")
+    if options["nomaster"] and not layout.masters.is_dir():
+        raise StepError(
+            "You used the --nomaster option but there is no MASTER folder `ar_masters`."
+        )
+    reduction = ReductionOptions(
+        interpolate=options["interpolate"],
+        stack=not options["nostack"],
+        aux_png=options["tmppng"],
+        stack_png=options["stkpng"],
+        overwrite=options["overwrite"],
+        make_masters=not options["nomaster"],
+        astrometry=astro,
+    )
+    plan = NightPlan.build(inventory, reduction)
+    stages = ["solve"] if options["astrometryonly"] else list(nightplan.STAGES)
+    _headings(plan, stages)
+    run = plan.run(plan.start(layout), stages, jobs=options["jobs"] or default_jobs())
+    for name, record in run.records.items():
+        publish.write_record(layout, name, record)
+    if "group" in stages and reduction.stack_png:
+        log.info("Writing PNG versions of stacked images... Done.")
+    if "group" in stages and reduction.aux_png:
+        log.info("Writing PNG versions of master and auxiliary images... Done.")
+    for group in plan.groups():
+        solved = run.records.get(nightplan.astrometry_record(group))
+        if solved and solved.get("status") == "done":
+            counts = ", ".join(
+                f"{solved[s]} {s}"
+                for s in ("solved", "catalogued", "reused", "failed")
+                if solved[s]
+            )
+            log.info("  %s: %s.", group.name, counts)
+    products_root = options["products"] or options["raw"]
+    manifest = publish.build_manifest(
+        layout,
+        layout.name,
+        {name: options[name] for name in sorted(options)},
+        label or str(layout.raw_dir),
+        pipeline.night_products(layout, _root_of(products_root), "", None),
+        night_key=plan.night_key(),
+        recipes=nightplan.recipes(),
+        astrometry_mode=astro.route or None,
+    )
+    publish.write_manifest(layout, manifest)
 
 
-def _astrometry_options(options: dict[str, Any], report: Reporter) -> AstrometryOptions:
+def _root_of(products: str | None) -> str:
+    """The products root as night_products wants it (a local night folder is its own root)."""
+    return products if products and is_s3(products) else ""
+
+
+def _headings(plan: NightPlan, stages: list[str]) -> None:
+    """5.1.3's section headings, for the parts of the plan that run."""
+    names = {t.name.split(" ")[0] for t in plan.select(stages)}
+    for word, heading in (
+        ("dark", "Writing master dark images:"),
+        ("interpolation", "Interpolating missing master dark images:"),
+        ("flat", "Calculating master transmission (flat) images:"),
+        ("calibrate", "Writing auxiliary object images:"),
+        ("register", "Stacking object images:"),
+        ("solve", "Astrometric reduction:"),
+    ):
+        if word in names:
+            log.info("%s", heading)
+
+
+def _astrometry_options(options: dict[str, Any]) -> AstrometryOptions:
     """The astrometry flags with the README's implications, and their settings."""
     settings = {
         field: options[name] for name, field in ASTROMETRY_SETTINGS.items() if options[name]
@@ -283,114 +363,28 @@ def _astrometry_options(options: dict[str, Any], report: Reporter) -> Astrometry
         astro = replace(astro, online_settings=online)
     local_or_online = options["astrometrynet_local"] or options["astrometrynet_online"]
     if local_or_online and (options["astromatic"] or options["scamp"]):
-        report("warning", "-nl/-no replace SCAMP: -m and --scamp are ignored.")
+        log.warning("-nl/-no replace SCAMP: -m and --scamp are ignored.")
     if astro.requested:
         steps_run = [n for n in ("sex", "psfex", "sexagain", "scamp") if getattr(astro, n)]
-        report("info", f"Astrometry: {', '.join(steps_run) or 'no catalogue'}; "
-               f"solver: {astro.solver or 'none (catalogues only)'}.")  # fmt: skip
+        log.info(
+            "Astrometry: %s; solver: %s.",
+            ", ".join(steps_run) or "no catalogue",
+            astro.solver or "none (catalogues only)",
+        )
     return astro
 
 
-def _astrometry(
-    layout: NightLayout,
-    groups: list[str],
-    astro: AstrometryOptions,
-    report: Reporter,
-    options: dict[str, Any],
-) -> None:
-    report("info", "Astrometric reduction:")
-    jobs = options["jobs"] or os.cpu_count() or 1
-    for name in groups:
-        try:
-            result = steps.solve_group(
-                layout, name, astro, log=report, include_stack=not options["nostack"], jobs=jobs
-            )
-        except steps.StepError as exc:
-            report("error", str(exc))
-            continue
-        counts = ", ".join(
-            f"{result[s]} {s}" for s in ("solved", "catalogued", "reused", "failed") if result[s]
-        )
-        report("info", f"  {name}: {counts}.")
-
-
-def _cosmetic(
-    layout: NightLayout, inventory: Inventory, report: Reporter, options: dict[str, Any]
-) -> None:
-    """Masters, aux frames and stacks as one graph of tasks on `jobs` threads: a group is
-    calibrated as soon as its master dark and flat exist and stacked as soon as it is
-    calibrated, so no core waits at the end of a phase for the slowest master or group."""
-    overwrite = options["overwrite"]
-    jobs = options["jobs"] or default_jobs()
-    tasks: dict[str, Task] = {}
-    plan = None
-    if options["nomaster"]:
-        if not layout.masters.is_dir():
-            raise steps.StepError(
-                "You used the --nomaster option but there is no MASTER folder `ar_masters`."
-            )
-    else:
-        plan = steps.plan_masters(layout, options["interpolate"], overwrite, log=report)
-        tasks.update(plan.tasks)
-    calibrated: dict[str, bool] = {}
-    alignments: dict[str, steps.Alignment | None] = {}
-
-    def attempt(step: Any, *arguments: Any) -> Any:
-        """The step's result, or None when it failed (reported)."""
-        try:
-            return step(layout, *arguments, log=report)
-        except steps.StepError as exc:
-            report("error", str(exc))
-            return None
-
-    def calibrate(name: str) -> None:
-        calibrated[name] = attempt(steps.calibrate_group, name, overwrite) is not None
-
-    def register(name: str) -> None:
-        alignments[name] = (
-            attempt(steps.register_group, name, overwrite) if calibrated[name] else None
-        )
-
-    def combine(name: str) -> None:
-        alignment = alignments[name]
-        if alignment is not None:
-            attempt(steps.combine_group, alignment)
-
-    groups = inventory.groups()
-    report("info", "Writing auxiliary object images:")
-    for group in groups:  # every calibration first: they unlock the stacks
-        needs = plan.needs(group.exposure_ms, group.filter) if plan else ()
-        tasks[f"calibrate {group.name}"] = (functools.partial(calibrate, group.name), needs)
-    if not options["nostack"]:
-        # Registration and combination are separate tasks, so the last group's stack is
-        # shared between the cores rather than left to one.
-        report("info", "Stacking object images:")
-        for group in groups:
-            calibration = (f"calibrate {group.name}",)
-            tasks[f"register {group.name}"] = (functools.partial(register, group.name), calibration)
-        for group in groups:
-            registration = (f"register {group.name}",)
-            tasks[f"combine {group.name}"] = (functools.partial(combine, group.name), registration)
-    run_graph(tasks, jobs)
-    if options["stkpng"]:
-        steps.make_previews(layout, masters_and_aux=False, stacks=True, overwrite=overwrite)
-        report("info", "Writing PNG versions of stacked images... Done.")
-    if options["tmppng"]:
-        steps.make_previews(layout, masters_and_aux=True, stacks=False, overwrite=overwrite)
-        report("info", "Writing PNG versions of master and auxiliary images... Done.")
-
-
-def _files_found(inventory: Inventory, report: Reporter) -> None:
-    report("verbose", "Files found:")
+def _files_found(inventory: Inventory) -> None:
+    log.log(VERBOSE, "Files found:")
     for group, frames in inventory.groups().items():
-        report("verbose", f"    {group.name:<10}: {sorted(f.path for f in frames)}")
+        log.log(VERBOSE, "    %-10s: %s", group.name, sorted(f.path for f in frames))
     for exposure, frames in inventory.darks_by_exposure().items():
-        report("verbose", f"    {str(exposure) + 'ms':<10}: {sorted(f.path for f in frames)}")
+        log.log(VERBOSE, "    %-10s: %s", f"{exposure}ms", sorted(f.path for f in frames))
     for name, frames in inventory.flats_by_filter().items():
-        report("verbose", f"    {name:<10}: {sorted(f.path for f in frames)}")
+        log.log(VERBOSE, "    %-10s: %s", name, sorted(f.path for f in frames))
 
 
-def _finish(report: Reporter, started: float) -> None:
+def _finish(report: CliHandler, started: float) -> None:
     elapsed = dt.timedelta(seconds=int(time.monotonic() - started))
     if report.errors:
         click.secho(f"\n{len(report.errors)} problem(s):", fg="red", err=True)

@@ -10,6 +10,7 @@ log file beside the products.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -114,3 +115,26 @@ def _tail(log_path: Path, lines: int = 3) -> str:
     kept = [line.strip() for line in text.splitlines() if line.strip()]
     kept = [line for line in kept if not line.startswith("$ ")]  # our own command lines
     return " | ".join(kept[-lines:])
+
+
+@functools.lru_cache(maxsize=16)
+def tool_version(program: str) -> str:
+    """The program's own version line (e.g. "SCAMP version 2.10.0 (2020-12-01)"), or
+    "not installed": part of the key of every product the program helps make, and of the
+    manifest. Asked once per process (each call starts the program)."""
+    try:
+        path = find_program(program)
+    except ToolError:
+        return "not installed"
+    try:
+        done = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({type(exc).__name__})"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"

@@ -1,42 +1,44 @@
-"""Night and group steps for the Airflow DAG: plain arguments in, small JSON-able dicts out.
+"""The night plan's stages for the Airflow DAG: plain arguments in, small JSON-able dicts out.
 
-Each function works on one night (`<raw_root>/<night>` -> `<products_root>/<night>`) or one
-(night, group), records what it did in `<products>/<night>/ar_qc/*.json`, and returns keys,
-counts and QC figures for XCom. `publish_night` gathers those records into `manifest.json`,
-written last. Reruns are cheap because the steps reuse products whose provenance key matches.
+Each function runs one stage of the night plan (ar_tasks.nightplan) for one night
+(`<raw_root>/<night>` -> `<products_root>/<night>`) or one (night, group), in a workspace that
+downloads from S3 exactly what the stage's tasks declare they read; it writes the stage's QC
+records in `ar_qc/` and returns keys, counts and QC figures for XCom. `publish_night` gathers
+the records into `manifest.json`, written last, exactly as the CLI does.
+
+Errors a rerun would meet again (DETERMINISTIC) are for the DAG to fail at once; others (S3,
+network) may be transient and keep their retries.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import time
-from collections.abc import Iterable
-from importlib.metadata import version
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__, camera, steps
+from . import camera
+from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
-from .fitsio import sha256_file, write_bytes_atomic
-from .inventory import Inventory
-from .layout import (
-    ASTROMATIC_FOLDERS,
-    COSMETIC,
-    INVENTORY_FILE,
-    MASTERS,
-    REDUCED,
-    STACKED,
-    NightLayout,
-)
-from .previews import refresh_previews
-from .provenance import stored_key
+from .fitsio import FrameError
+from .inventory import GroupKey, Inventory
+from .layout import COSMETIC, INVENTORY_FILE, MASTERS, STACKED, NightLayout
+from .logs import get_logger, log_context
+from .nightplan import NightPlan, ReductionOptions, astrometry_record, group_record, recipes
+from .steps import calibrate, publish
+from .steps.common import StepError
+from .steps.publish import QC_FOLDER, local_products, write_record
+from .steps.setup import load_inventory, setup_night
 from .storage import KEY_METADATA, SHA_METADATA, S3Settings, S3Store, is_s3, join, split_s3
+from .threads import default_jobs
 from .workspace import night_workspace
 
-QC_FOLDER = "ar_qc"
+log = get_logger(__name__)
 JOBS_ENV = "AR_ASTROMETRY_JOBS"  # images one astrometry task solves at once (default 1)
-MANIFEST = "manifest.json"
+DETERMINISTIC = (StepError, ValueError, FrameError, camera.HeaderError, ConfigError)
+MANIFEST = publish.MANIFEST
 
 
 def check_roots(raw_root: str, products_root: str, s3: dict[str, str] | None = None) -> None:
@@ -59,329 +61,270 @@ def _check_forms(*roots: str) -> None:
             raise ValueError(f"{root!r} must be an absolute path or s3://bucket/prefix")
 
 
+def reduction_options(
+    params: dict[str, Any], settings: dict[str, Any] | None = None
+) -> ReductionOptions:
+    """The DAG's params as ReductionOptions; `settings` are AstrometryOptions fields (refcat,
+    index_dir, online_settings...), kept apart because they hold credentials."""
+    mode = params.get("astrometry") or "none"
+    overwrite = bool(params.get("overwrite", False))
+    png = bool(params.get("png", False))
+    return ReductionOptions(
+        interpolate=bool(params.get("interpolate", True)),
+        stack=bool(params.get("stack", True)),
+        aux_png=png,
+        stack_png=png,
+        overwrite=overwrite,
+        objects=tuple(params.get("objects") or ()),
+        filters=tuple(params.get("filters") or ()),
+        astrometry=AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {})),
+        astrometry_jobs=int(os.environ.get(JOBS_ENV, "1")),
+    )
+
+
 def _workspace(
     raw_root: str, products_root: str, night: str, s3: dict[str, str] | None, **choice: Any
 ) -> Any:
-    """The night's folders for one step (an S3 night is mirrored: see ar_tasks.workspace)."""
+    """The night's folders for one stage (an S3 night is mirrored: see ar_tasks.workspace)."""
     _check_forms(raw_root, products_root)
     return night_workspace(
         raw_root, products_root, night, settings=S3Settings(**(s3 or {})), **choice
     )
 
 
-def _group_products(group: str, *folders: str) -> list[str]:
-    """Glob patterns of a group's files in product folders (its stack and its aux frames)."""
-    return [f"{folder}/{group}{tail}" for folder in folders for tail in (".*", "_*")]
+def _plan_reader(options: ReductionOptions) -> Any:
+    """The night plan from the inventory in a products folder, made once per stage."""
 
-
-def _group_raw_files(group: str) -> Any:
-    """The raw paths of a group's frames, read from the inventory in the products folder."""
-
-    def paths(out_dir: Path) -> list[str]:
+    @functools.cache
+    def plan(out_dir: Path) -> NightPlan:
         inventory = Inventory.from_json((out_dir / INVENTORY_FILE).read_text())
-        return [f.path for f in inventory.groups().get(steps.GroupKey.parse(group), [])]
+        return NightPlan.build(inventory, options)
 
-    return paths
-
-
-def _record(layout: NightLayout, name: str, payload: dict[str, Any]) -> None:
-    path = layout.out_dir / QC_FOLDER / f"{name}.json"
-    write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    return plan
 
 
-def _read_record(layout: NightLayout, name: str) -> dict[str, Any] | None:
-    path = layout.out_dir / QC_FOLDER / f"{name}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def group_label(night: str, group: GroupKey) -> str:
+    return f"{night} {group.label}"
 
 
-def _selected(key: steps.GroupKey, objects: Iterable[str], filters: Iterable[str]) -> bool:
-    """True when a group passes the optional object and filter restrictions (names sanitised)."""
-    wanted_objects = {camera.sanitize_object(o) for o in objects}
-    wanted_filters = {camera.sanitize_filter(f) for f in filters}
-    return (not wanted_objects or key.object in wanted_objects) and (
-        not wanted_filters or key.filter in wanted_filters
-    )
-
-
-def inventory_night(
-    raw_root: str, products_root: str, night: str, s3: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Inventory one night (no working copies) and drop products it no longer covers."""
-    started = time.monotonic()
-    patterns = [f"{folder}/*" for folder in (MASTERS, COSMETIC, STACKED, QC_FOLDER)]
-    with _workspace(raw_root, products_root, night, s3, products=patterns) as layout:
-        summary = steps.setup_night(layout, working_copies=None)
-        summary.update(night=night, seconds=round(time.monotonic() - started, 3))
-        _record(layout, "setup", summary)
-        return {
-            "night": night,
-            "frames": summary["frames"],
-            "groups": summary["groups"],
-            "quarantined": len(summary["quarantined"]),
-        }
-
-
-def masters_night(
+def prepare_night(
     raw_root: str,
     products_root: str,
     night: str,
-    interpolate: bool = True,
-    overwrite: bool = False,
-    objects: Iterable[str] = (),
-    filters: Iterable[str] = (),
-    png: bool = False,
+    params: dict[str, Any],
+    settings: dict[str, Any] | None = None,
     s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Masters of one night (and their PNGs); returns the groups that can be reduced."""
+    """Inventory a night and make its masters (the plan's "masters" stage); returns the
+    groups ready to reduce. A night whose products are all current (same frames, options
+    and code: its night key, and every product in its manifest present) stops here."""
     started = time.monotonic()
-    raw, patterns = ["DARK", "FLAT"], [f"{MASTERS}/*", f"{QC_FOLDER}/*"]
-    with _workspace(
-        raw_root, products_root, night, s3, raw_folders=raw, products=patterns
-    ) as layout:
-        result = steps.make_masters(layout, interpolate=interpolate, overwrite=overwrite)
-        inventory = steps.load_inventory(layout)
-        ready, blocked = [], {}
-        for group in inventory.groups():
-            if not _selected(group, objects, filters):
-                continue
-            missing = steps.missing_masters(layout, group)
-            if missing:
-                blocked[group.name] = f"missing {', '.join(missing)}"
+    options = reduction_options(params, settings)
+    patterns = [f"{folder}/*" for folder in (MASTERS, COSMETIC, STACKED, QC_FOLDER)]
+    with (
+        log_context(night=night),
+        _workspace(raw_root, products_root, night, s3, products=patterns) as layout,
+    ):
+        setup_night(layout, working_copies=None)
+        plan = NightPlan.build(load_inventory(layout), options)
+        if not options.overwrite and _all_current(layout, plan, products_root, night, s3):
+            log.info("Night %s: every product is current (night key and products): reused.", night)
+            return {"night": night, "current": True, "groups": [], "solve": False}
+        run = plan.run(plan.start(layout), ["masters"], jobs=default_jobs())
+        run.record("masters").update(
+            {"darks": {}, "interpolated": {}, "flats": {}, "problems": []} | run.record("masters")
+        )
+        ready = []
+        for group, frames in plan.groups().items():
+            absent = calibrate.missing_masters(layout, group)
+            if absent:  # the same record the CLI's calibrate task writes for it
+                message = calibrate.missing_masters_message(group, absent)
+                log.error("%s", message)
+                record = run.record(group_record(group))
+                record.update(group=group.name, label=group.label, frames=[f.path for f in frames])
+                record.update(status="failed", error=message)
             else:
-                ready.append({"name": group.name, "label": f"{night} {group.label}"})
-        if png:
-            refresh_previews(sorted(layout.masters.glob("*.fits")), overwrite)
-        result.update(night=night, blocked=blocked, seconds=round(time.monotonic() - started, 3))
-        _record(layout, "masters", result)
-        return {"night": night, "groups": ready, "problems": len(result["problems"])}
+                ready.append(
+                    {"night": night, "group": asdict(group), "label": group_label(night, group)}
+                )
+        run.record("masters")["seconds"] = round(time.monotonic() - started, 3)
+        for name, record in run.records.items():
+            write_record(layout, name, record)
+        return {
+            "night": night,
+            "current": False,
+            "groups": ready,
+            "solve": options.astrometry.requested,
+        }
+
+
+def _all_current(
+    layout: NightLayout,
+    plan: NightPlan,
+    products_root: str,
+    night: str,
+    s3: dict[str, str] | None,
+) -> bool:
+    """True when the manifest was a success for this very night key and its products are
+    all still there with their sizes (one listing; no product is read)."""
+    manifest = publish.read_manifest(layout)
+    if not manifest or manifest.get("status") != "success":
+        return False
+    if manifest.get("night_key") != plan.night_key():
+        return False
+    present = {
+        entry["path"]: entry.get("bytes")
+        for entry in night_products(layout, products_root, night, s3, sha=False)
+    }
+    return all(present.get(p["path"], -1) == p.get("bytes") for p in manifest.get("products", []))
 
 
 def reduce_group(
     raw_root: str,
     products_root: str,
     night: str,
-    group: str,
-    stack: bool = True,
-    overwrite: bool = False,
+    group: dict[str, Any],
+    params: dict[str, Any],
     s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate and stack one (object, filter, exposure) group; a failure is recorded."""
-    started = time.monotonic()
-    patterns = [f"{MASTERS}/*", f"{QC_FOLDER}/*", *_group_products(group, COSMETIC, STACKED)]
-    raw = _group_raw_files(group)
-    with _workspace(raw_root, products_root, night, s3, raw_files=raw, products=patterns) as layout:
-        try:
-            result = steps.reduce_group(layout, group, stack=stack, overwrite=overwrite)
-        except Exception as exc:  # recorded for the manifest, then re-raised for Airflow
-            _record(
-                layout, f"group_{group}", {"group": group, "status": "failed", "error": str(exc)}
-            )
-            raise
-        result.update(status="done", seconds=round(time.monotonic() - started, 3))
-        _record(layout, f"group_{group}", result)
-        stack_qc = result.get("stack", {})
-        return {
-            "night": night,
-            "group": group,
-            "calibrated": result["calibrated"],
-            "combined": stack_qc.get("combined"),
-            "reused": stack_qc.get("reused"),
-        }
+    """Calibrate, register, combine and preview one group (the plan's "group" stage)."""
+    key = GroupKey(**group)
+    options = reduction_options(params)
+    record = _run_group_stage(raw_root, products_root, night, key, options, "group", s3)
+    stack = record.get("stack") or {}
+    return {
+        "night": night,
+        "group": key.name,
+        "calibrated": record.get("calibrated"),
+        "combined": stack.get("combined"),
+        "reused": stack.get("reused"),
+    }
 
 
-def astrometry_group(
+def solve_group(
     raw_root: str,
     products_root: str,
     night: str,
-    group: str,
-    mode: str,
+    group: dict[str, Any],
+    params: dict[str, Any],
     settings: dict[str, Any] | None = None,
-    stack: bool = True,
-    overwrite: bool = False,
     s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Solve one group's aux frames and stack by `mode` (see astrometry.MODES).
-
-    `settings` are AstrometryOptions fields (refcat, index_dir, online_settings...). An image
-    that does not solve is recorded (and fails the night in its manifest), not raised: another
-    attempt would give the same answer, and the other images are still solved.
-    """
-    started = time.monotonic()
-    folders = (COSMETIC, STACKED, REDUCED, *ASTROMATIC_FOLDERS)
-    patterns = [f"{QC_FOLDER}/*", *_group_products(group, *folders)]
-    with _workspace(raw_root, products_root, night, s3, raw_files=[], products=patterns) as layout:
-        options = AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {}))
-        if not options.requested:
-            return {"night": night, "group": group, "astrometry": "none"}
-        jobs = int(os.environ.get(JOBS_ENV, "1"))
-        result = steps.solve_group(layout, group, options, include_stack=stack, jobs=jobs)
-        result.update(mode=mode, seconds=round(time.monotonic() - started, 3))
-        _record(layout, f"astrometry_{group}", result)
-        return {
-            "night": night,
-            "group": group,
-            "astrometry": mode,
-            **{k: result[k] for k in ("solved", "failed", "reused", "catalogued")},
-        }
+    """Solve one group's aux frames and stack (the plan's "solve" stage). An image that does
+    not solve is recorded (and fails the night in its manifest), not raised: another attempt
+    would give the same answer, and the other images are still solved."""
+    key = GroupKey(**group)
+    options = reduction_options(params, settings)
+    record = _run_group_stage(raw_root, products_root, night, key, options, "solve", s3)
+    counts = {k: record.get(k, 0) for k in ("solved", "failed", "reused", "catalogued")}
+    return {"night": night, "group": key.name, "astrometry": params.get("astrometry"), **counts}
 
 
-def previews_group(
+def _run_group_stage(
     raw_root: str,
     products_root: str,
     night: str,
-    group: str,
-    overwrite: bool = False,
-    s3: dict[str, str] | None = None,
+    group: GroupKey,
+    options: ReductionOptions,
+    stage: str,
+    s3: dict[str, str] | None,
 ) -> dict[str, Any]:
-    """PNG quick-looks of a group's stack and aux frames (kept when newer than the FITS)."""
-    patterns = _group_products(group, COSMETIC, STACKED)
-    with _workspace(raw_root, products_root, night, s3, raw_files=[], products=patterns) as layout:
-        key = steps.GroupKey.parse(group)
-        frames = steps.load_inventory(layout).groups().get(key, [])
-        sources = [layout.stack(key)] + [layout.aux(f) for f in frames]
-        written = refresh_previews([p for p in sources if p.is_file()], overwrite)
-        return {"night": night, "group": group, "written": len(written)}
+    """One stage of one group, its record written; StepError when the group failed."""
+    started = time.monotonic()
+    plan_of = _plan_reader(options)
+    name = group_record(group) if stage == "group" else astrometry_record(group)
+    with (
+        log_context(night=night, group=group.name),
+        _workspace(
+            raw_root,
+            products_root,
+            night,
+            s3,
+            raw_files=lambda out: plan_of(out).reads([stage], group).raw,
+            products=lambda out: plan_of(out).reads([stage], group).products,
+        ) as layout,
+    ):
+        plan = plan_of(layout.out_dir)
+        if group not in plan.groups():
+            raise StepError(f"No files found for group {group.name}.")
+        run = plan.run(plan.start(layout), [stage], group, jobs=default_jobs())
+        record = run.record(name)
+        record["seconds"] = round(time.monotonic() - started, 3)
+        write_record(layout, name, record)
+    if record.get("status") == "failed":
+        raise StepError(f"{group.name}: {record.get('error')}")
+    return record
 
 
 def publish_night(
     raw_root: str,
     products_root: str,
     night: str,
-    parameters: dict[str, Any],
+    params: dict[str, Any],
+    settings: dict[str, Any] | None = None,
     s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write `manifest.json` for a night from its QC records; last, and atomically.
+    """Write `manifest.json` for a night from its QC records; last, and atomically. Returns
+    the night's summary; the caller fails the night's branch when its status is not success."""
+    options = reduction_options(params, settings)
+    with (
+        log_context(night=night),
+        _workspace(
+            raw_root, products_root, night, s3, raw_files=[], products=[f"{QC_FOLDER}/*"]
+        ) as layout,
+    ):
+        night_key = ""
+        if layout.inventory_file.is_file():
+            plan = NightPlan.build(load_inventory(layout), options)
+            if not options.overwrite and _all_current(layout, plan, products_root, night, s3):
+                manifest = publish.read_manifest(layout) or {}
+                if manifest.get("recomputed"):  # this run recomputed nothing: say so
+                    manifest["recomputed"] = []
+                    publish.write_manifest(layout, manifest)
+                return publish.summary(manifest)
+            night_key = plan.night_key()
+        manifest = publish.build_manifest(
+            layout,
+            night,
+            params,
+            join(raw_root, night),
+            night_products(layout, products_root, night, s3),
+            night_key=night_key,
+            recipes=recipes(),
+            astrometry_mode=options.astrometry.route or None,
+        )
+        publish.write_manifest(layout, manifest)
+        return publish.summary(manifest)
 
-    Returns the night's status; the caller fails the night's branch when it is not 'success'.
-    """
-    with _workspace(
-        raw_root, products_root, night, s3, raw_files=[], products=[f"{QC_FOLDER}/*"]
-    ) as layout:
-        setup = _read_record(layout, "setup") or {}
-        masters = _read_record(layout, "masters") or {}
-        inventory = steps.load_inventory(layout)
-        problems: list[str] = list(masters.get("problems", []))
-        groups: dict[str, Any] = {}
-        recomputed: list[str] = []
-        for key in inventory.groups():
-            name = key.name
-            if name in masters.get("blocked", {}):
-                groups[name] = {"status": "failed", "error": masters["blocked"][name]}
-                problems.append(f"{name}: {masters['blocked'][name]}")
-                continue
-            record = _read_record(layout, f"group_{name}")
-            if record is None:
-                groups[name] = {"status": "not reduced"}
-                continue
-            groups[name] = record
-            if record.get("status") == "failed":
-                problems.append(f"{name}: {record.get('error')}")
-            recomputed += record.get("written", [])
-            stack_qc = record.get("stack") or {}
-            if stack_qc and not stack_qc.get("reused"):
-                recomputed.append(stack_qc["file"])
-        astrometry: dict[str, Any] = {}
-        for key in inventory.groups():
-            solved = _read_record(layout, f"astrometry_{key.name}")
-            if solved is None or solved.get("mode") != parameters.get("astrometry"):
-                continue
-            astrometry[key.name] = solved
-            problems += solved.get("problems", [])
-            recomputed += [
-                r["product"] for r in solved["images"] if r["status"] in ("solved", "catalogued")
+
+def night_products(
+    layout: NightLayout,
+    products_root: str,
+    night: str,
+    s3: dict[str, str] | None,
+    sha: bool = True,
+) -> list[dict[str, Any]]:
+    """Every FITS product of the night with its SHA-256, size and provenance key (in S3: from
+    the metadata recorded at upload, without downloading the products)."""
+    if not products_root or not is_s3(products_root):
+        if not sha:
+            return [
+                {"path": str(p.relative_to(layout.out_dir)), "bytes": p.stat().st_size}
+                for name in publish.PRODUCT_FOLDERS
+                for p in sorted((layout.out_dir / name).glob("*.fits"))
             ]
-        for kind in ("darks", "interpolated", "flats"):
-            for qc in masters.get(kind, {}).values():
-                if not qc.get("reused"):
-                    recomputed.append(qc["file"])
-        manifest = {
-            "night": night,
-            "status": "failed" if problems else "success",
-            "software": _versions(),
-            "parameters": parameters,
-            "raw_dir": join(raw_root, night),
-            "inputs": [
-                {
-                    "path": f.path,
-                    "kind": f.kind,
-                    "sha256": f.sha256,
-                    "exposure_ms": f.exposure_ms,
-                    "filter": f.filter,
-                    "object": f.object,
-                }
-                for f in inventory.frames
-            ],
-            "quarantined": setup.get("quarantined", []),
-            "warnings": setup.get("warnings", []),
-            "masters": {k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
-            "groups": groups,
-            "astrometry": astrometry,
-            "problems": problems,
-            "recomputed": sorted(set(recomputed)),
-            "products": _products(layout, products_root, night, s3),
-            "timings": {
-                "setup": setup.get("seconds"),
-                "masters": masters.get("seconds"),
-                "groups": {n: g.get("seconds") for n, g in groups.items() if "seconds" in g},
-                "astrometry": {n: a.get("seconds") for n, a in astrometry.items()},
-            },
-        }
-        payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        write_bytes_atomic(layout.out_dir / MANIFEST, payload.encode())
-        return {
-            "night": night,
-            "status": manifest["status"],
-            "groups": len(groups),
-            "recomputed": len(manifest["recomputed"]),
-            "problems": problems,
-        }
-
-
-PRODUCT_FOLDERS = (MASTERS, COSMETIC, STACKED, REDUCED)
-
-
-def _products(
-    layout: NightLayout, products_root: str, night: str, s3: dict[str, str] | None
-) -> list[dict[str, str]]:
-    """Every FITS product of the night with its SHA-256 and provenance key (in S3: from the
-    metadata recorded at upload, without downloading the products)."""
-    if is_s3(products_root):
-        store = S3Store(S3Settings(**(s3 or {})))
-        url = join(products_root, night)
-        remote = [
-            f.relpath
-            for f in store.list_files(url)
-            if f.relpath.endswith(".fits") and f.relpath.split("/")[0] in PRODUCT_FOLDERS
-        ]
-        entries = []
-        for rel in sorted(remote):
-            meta = store.metadata(join(url, rel))
-            entries.append(
-                {
-                    "path": rel,
-                    "sha256": meta.get(SHA_METADATA, ""),
-                    "key": meta.get(KEY_METADATA, ""),
-                }
-            )
-        return entries
+        return local_products(layout)
+    store = S3Store(S3Settings(**(s3 or {})))
+    url = join(products_root, night)
     entries = []
-    for name in PRODUCT_FOLDERS:
-        folder = layout.out_dir / name
-        for path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
-            entries.append(
-                {
-                    "path": str(path.relative_to(layout.out_dir)),
-                    "sha256": sha256_file(path),
-                    "key": stored_key(path) or "",
-                }
-            )
+    for remote in sorted(store.list_files(url), key=lambda r: r.relpath):
+        if not remote.relpath.endswith(".fits"):
+            continue
+        if remote.relpath.split("/")[0] not in publish.PRODUCT_FOLDERS:
+            continue
+        entry: dict[str, Any] = {"path": remote.relpath, "bytes": remote.size}
+        if sha:
+            meta = store.metadata(join(url, remote.relpath))
+            entry.update(sha256=meta.get(SHA_METADATA, ""), key=meta.get(KEY_METADATA, ""))
+        entries.append(entry)
     return entries
-
-
-def _versions() -> dict[str, str]:
-    """The versions behind the products (read from the installed metadata, not by importing
-    the packages: a cosmetic run never imports astropy)."""
-    return {"ar_tasks": __version__, **{name: version(name) for name in ("numpy", "astropy")}}

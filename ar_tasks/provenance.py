@@ -1,14 +1,21 @@
-"""Provenance keys: a product is reused only when it was made from the same inputs.
+"""Provenance keys: a product is reused only when the same code made it from the same inputs.
 
-Every product header carries ARKEY, a SHA-256 over the software version, the step, its
-parameters and the keys (or checksums) of its inputs. A rerun recomputes a product only when its
-key changed, so reruns are cheap and can never reuse a product made from other data.
+Every product header carries ARKEY, a SHA-256 over the software version, the step, the identity
+of the code that makes its bytes (code_identity: the source of the functions, classes and
+modules listed by the step), the algorithm's parameters (its constants, read when the key is
+made) and the keys (or checksums) of its inputs. A rerun recomputes a product only when its key
+changed, so reruns are cheap, can never reuse a product made from other data, and a fix to an
+algorithm (or a changed constant) reaches exactly the products it touches and those made from
+them.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +28,39 @@ VERSION_KEYWORD = "ARVERS"
 
 
 def product_key(step: str, **inputs: Any) -> str:
-    """Deterministic key of a product from its step name and JSON-able inputs."""
+    """Deterministic key of a product from its step name and JSON-able inputs (by convention
+    `code=code_identity(...)`, `parameters={...}` and the keys of what it was made from)."""
     payload = json.dumps({"version": __version__, "step": step, **inputs}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def code_identity(*parts: Any) -> str:
+    """SHA-256 of the source text of functions, classes and modules (in the order given).
+
+    A function's source does not include its module's constants: a step lists the constants
+    it depends on as parameters of its key, so changing one of them recomputes only the
+    products that read it. Cached: the source is read once per process.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{getattr(part, '__qualname__', part.__name__)}\n".encode())
+        digest.update(inspect.getsource(part).encode())
+    return digest.hexdigest()
+
+
+def constants(module: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The current values of a module's algorithm constants, for a product key."""
+    return {name: getattr(module, name) for name in names}
+
+
+def reuse_or_make(path: Path, key: str, make: Callable[[], Any], overwrite: bool = False) -> bool:
+    """Keep `path` when it is current for `key` (returns True); else call `make`, which writes
+    it stamped with `key`, and return False. The one place where reuse is decided."""
+    if not overwrite and is_current(path, key):
+        return True
+    make()
+    return False
 
 
 def stored_key(path: Path) -> str | None:

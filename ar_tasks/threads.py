@@ -6,6 +6,7 @@ use both cores without the pickling and memory cost of processes.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable, Hashable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -26,7 +27,8 @@ def run_each(work: Callable[[Any], Any], items: list, jobs: int) -> list:
     if jobs <= 1 or len(items) <= 1:
         return [work(item) for item in items]
     with ThreadPoolExecutor(min(jobs, len(items))) as pool:
-        return list(pool.map(work, items))
+        futures = [pool.submit(contextvars.copy_context().run, work, item) for item in items]
+        return [future.result() for future in futures]
 
 
 Task = tuple[Callable[[], Any], tuple[Hashable, ...]]  # (work, keys of the tasks it needs)
@@ -56,7 +58,9 @@ def run_graph(tasks: dict[Hashable, Task], jobs: int) -> dict[Hashable, Any]:
                 if len(running) >= max(1, jobs):
                     break
                 if all(need in results for need in needs):
-                    running[pool.submit(work)] = key
+                    # Each task in a copy of the caller's context: its log records keep
+                    # the night and group (ar_tasks.logs).
+                    running[pool.submit(contextvars.copy_context().run, work)] = key
                     del waiting[key]
             if not running:
                 raise ValueError(f"tasks wait on each other: {sorted(map(str, waiting))}")

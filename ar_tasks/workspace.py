@@ -43,15 +43,17 @@ def night_workspace(
     night: str,
     raw_folders: Iterable[str] | None = None,
     raw_files: Iterable[str] | Callable[[Path], Iterable[str]] | None = None,
-    products: Iterable[str] | None = None,
+    products: Iterable[str] | Callable[[Path], Iterable[str]] | None = None,
     settings: S3Settings | None = None,
 ) -> Iterator[NightLayout]:
     """Yield the NightLayout a step works in.
 
     `raw_files` (relative paths, or a function of the products folder returning them, e.g.
     from the inventory) or `raw_folders` choose which raw objects to download (default: the
-    whole night); `products` are glob patterns of the product files to download (default:
-    all; the night's top-level files, such as the inventory, always come).
+    whole night); `products` are glob patterns of the product files to download, or a function
+    of the products folder returning them (default: all). The night's top-level files, such
+    as the inventory, always come, and come first: the functions can read them (the night
+    plan says what a step reads).
     """
     if not is_s3(raw_root) and not is_s3(products_root):
         yield NightLayout(Path(raw_root) / night, Path(products_root) / night)
@@ -104,17 +106,33 @@ def _download_raw(
 
 
 def _download_products(
-    store: S3Store, url: str, folder: Path, patterns: Iterable[str] | None
+    store: S3Store,
+    url: str,
+    folder: Path,
+    patterns: Iterable[str] | Callable[[Path], Iterable[str]] | None,
 ) -> dict[str, str]:
-    """Download the chosen products (and the night's top-level files); return the SHA-256 of
+    """Download the night's top-level files, then the chosen products; return the SHA-256 of
     everything downloaded, to tell afterwards what the step changed."""
     folder.mkdir(parents=True)
+    listing = list(store.list_files(url))
+    top = [r for r in listing if "/" not in r.relpath]
+    before = _download_each(store, url, folder, top)
+    if callable(patterns):
+        patterns = patterns(folder)
     wanted = list(patterns) if patterns is not None else None
+    chosen = [
+        r
+        for r in listing
+        if "/" in r.relpath
+        and (wanted is None or any(fnmatch.fnmatchcase(r.relpath, p) for p in wanted))
+    ]
+    before.update(_download_each(store, url, folder, chosen))
+    return before
+
+
+def _download_each(store: S3Store, url: str, folder: Path, files: list) -> dict[str, str]:
     before = {}
-    for remote in store.list_files(url):
-        chosen = wanted is None or "/" not in remote.relpath  # top-level files always come
-        if not chosen and not any(fnmatch.fnmatchcase(remote.relpath, p) for p in wanted):
-            continue
+    for remote in files:
         try:
             _, before[remote.relpath] = store.download_verified(
                 join(url, remote.relpath), folder / remote.relpath

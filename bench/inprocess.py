@@ -32,46 +32,55 @@ def _timed(timings: dict[str, float], name: str):
 
 
 def reduce_night(night: Path, jobs: int) -> dict[str, float]:
-    """The cosmetic reduction, step by step, as the CLI runs it; returns seconds per step."""
+    """The cosmetic reduction, step by step: the night plan the CLI runs, one kind of task at
+    a time (the CLI runs them as one graph); returns seconds per step."""
     timings: dict[str, float] = {}
     with _timed(timings, "imports"):
-        from ar_tasks import steps
         from ar_tasks.layout import NightLayout
+        from ar_tasks.nightplan import NightPlan, ReductionOptions
+        from ar_tasks.steps import load_inventory, setup_night
     layout = NightLayout.in_place(night)
     with _timed(timings, "inventory"):
-        steps.setup_night(layout, working_copies="copy")
+        setup_night(layout, working_copies="copy")
+    options = ReductionOptions(interpolate=True, aux_png=True, stack_png=True)
+    plan = NightPlan.build(load_inventory(layout), options)
+    run = plan.start(layout)
     with _timed(timings, "masters"):
-        steps.make_masters(layout, interpolate=True, jobs=jobs)
-    groups = [g.name for g in steps.load_inventory(layout).groups()]
+        plan.run(run, ["masters"], jobs=jobs, kinds=["dark", "interpolation", "flat", "missing"])
     with _timed(timings, "calibration"):
-        for name in groups:
-            steps.calibrate_group(layout, name)
-    for name in groups:
-        qc = steps.stack_group(layout, name)
-        for part, seconds in qc["seconds"].items():
+        plan.run(run, ["group"], kinds=["calibrate"])
+    plan.run(run, ["group"], kinds=["register", "combine"])
+    for record in run.records.values():
+        for part, seconds in (record.get("stack") or {}).get("seconds", {}).items():
             timings[part] = timings.get(part, 0.0) + seconds
     with _timed(timings, "previews"):
-        steps.make_previews(layout, masters_and_aux=True, stacks=True)
+        plan.run(run, ["masters", "group"], kinds=["master", "previews"])
     return timings
 
 
 def solve_night(night: Path, route: str, refcat: Path | None, index: Path | None) -> dict:
     """Every aux frame and stack solved by one route, one image at a time."""
-    from ar_tasks import steps
     from ar_tasks.astrometry import AstrometryOptions
     from ar_tasks.layout import NightLayout
+    from ar_tasks.nightplan import NightPlan, ReductionOptions
+    from ar_tasks.steps import load_inventory
 
     layout = NightLayout.in_place(night)
-    options = AstrometryOptions.from_flags(
+    astrometry = AstrometryOptions.from_flags(
         **ROUTES[route],
         refcat=str(refcat) if refcat else None,
         index_dir=str(index) if index else None,
         overwrite=True,
     )
+    plan = NightPlan.build(load_inventory(layout), ReductionOptions(astrometry=astrometry))
     started = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    for group in steps.load_inventory(layout).groups():
-        records += steps.solve_group(layout, group.name, options, jobs=1)["images"]
+    run = plan.run(plan.start(layout), ["solve"])
+    records: list[dict[str, Any]] = [
+        image
+        for name, r in run.records.items()
+        if name.startswith("astrometry_")
+        for image in r.get("images", [])
+    ]
     seconds = [r["seconds"] for r in records if r["status"] == "solved"]
     return {
         "images": len(records),

@@ -6,21 +6,27 @@ One scheduled run per observing night: the run whose data interval starts at loc
 D+1. A manual run reduces `first_night`..`last_night` (empty `last_night`: the run's own night);
 years are reprocessed with `airflow backfill create` (see README).
 
-Shape: list the nights with raw data → per night: inventory, masters → collect the
-(night, group) pairs → per (night, group): calibrate and stack, astrometry (pool `astrometry`),
-previews → per night: publish `manifest.json`. Astrometry (param `astrometry`) writes
-`reduced/` with the solved WCS; an image that does not solve fails its night's manifest.
+Shape (the stages of `ar_tasks.nightplan`, the plan the `astro_reduce` command runs too):
+list the nights with raw data → per night: `prepare_night` (inventory, masters, master PNGs) →
+`plan_groups` collects the (night, group) pairs → per (night, group): `reduce_group`
+(calibrate, align, stack, PNGs) → per (night, group), only when an astrometry route is asked:
+`solve_group` (pool `astrometry`) → per night: `publish` writes `manifest.json`.
+A night whose products are all current (same frames, params and code) stops after its
+`prepare_night` and is not published again. Astrometry (param `astrometry`) writes `reduced/`
+with the solved WCS; an image that does not solve fails its night's manifest.
 Every task calls one `ar_tasks` function and passes small dicts through XCom.
 Products: `<products_root>/<night>/` in astro_reduce's layout.
-A night whose masters are missing fails only its own branch, with the reason in its manifest.
+A night whose masters are missing fails only its own branch, with the reason in its manifest;
+errors that a retry would meet again (no calibrations, bad params) are not retried.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 NIGHT_OR_EMPTY = {"type": ["null", "string"], "format": "date"}
 
@@ -30,6 +36,27 @@ def _params(label: str) -> dict:
     context = get_current_context()
     context["label"] = label  # type: ignore[typeddict-unknown-key]
     return context["params"]
+
+
+def _results(prepared: object) -> list[dict]:
+    """The prepared nights' results as a list (one night comes as a bare dict; a night whose
+    preparation failed has none)."""
+    results = [prepared] if isinstance(prepared, dict) else list(prepared or [])
+    return [r for r in results if r]
+
+
+def _deterministic(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call an ar_tasks stage; an error that a retry would meet again (no calibrations, bad
+    params, a step's own failure) fails the task at once, without retries. Others (S3,
+    network, a killed worker) keep the DAG's retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ar_tasks.pipeline import DETERMINISTIC
+
+    try:
+        return function(*args, **kwargs)
+    except DETERMINISTIC as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 def _astrometry_settings(params: dict) -> dict:
@@ -100,7 +127,9 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
     start_date=dt.datetime(2015, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=2,
-    max_active_tasks=4,
+    # Task instances of a night are mostly start-up cost: let the workers' slots, not the
+    # DAG, be the limit (2 runs x the groups of a night).
+    max_active_tasks=16,
     tags=["t120", "reduction", "astro_reduce"],
     doc_md=__doc__,
     default_args={"owner": "t120", "retries": 2, "retry_delay": dt.timedelta(minutes=1)},
@@ -184,7 +213,9 @@ def t120_reduce() -> None:
 
         context = get_current_context()
         params = context["params"]
-        pipeline.check_roots(params["raw_root"], params["products_root"], _s3(params))
+        _deterministic(
+            pipeline.check_roots, params["raw_root"], params["products_root"], _s3(params)
+        )
         start = context.get("data_interval_start")
         own = (
             nights.night_of(start)
@@ -198,102 +229,65 @@ def t120_reduce() -> None:
         return found
 
     @task(map_index_template="{{ label }}")
-    def inventory(night: str) -> dict:
+    def prepare_night(night: str) -> dict:
+        """Inventory and masters of one night; the groups ready to reduce (none when every
+        product of the night is current)."""
         from ar_tasks import pipeline
 
         params = _params(night)
-        return pipeline.inventory_night(
-            params["raw_root"], params["products_root"], night, s3=_s3(params)
-        )
-
-    @task(map_index_template="{{ label }}")
-    def masters(night_inventory: dict) -> dict:
-        from ar_tasks import pipeline
-
-        night = night_inventory["night"]
-        params = _params(night)
-        return pipeline.masters_night(
+        return _deterministic(
+            pipeline.prepare_night,
             params["raw_root"],
             params["products_root"],
             night,
-            interpolate=params["interpolate"],
-            overwrite=params["overwrite"],
-            objects=params["objects"],
-            filters=params["filters"],
-            png=params["png"],
+            dict(params),
+            _astrometry_settings(params),
             s3=_s3(params),
         )
 
-    @task_group
-    def per_night(night: str) -> dict:
-        return masters(inventory(night))
+    @task(trigger_rule="all_done")
+    def plan_groups(prepared: object) -> list[dict]:
+        """The (night, group) pairs to reduce, from every night that was prepared."""
+        return [pair for r in _results(prepared) for pair in r["groups"]]
 
     @task(trigger_rule="all_done")
-    def plan_groups(night_results: object) -> list[dict]:
-        """Flatten nights x groups (one night comes as a bare dict: normalise it)."""
-        results = [night_results] if isinstance(night_results, dict) else list(night_results or [])
-        return [
-            {"night": r["night"], "group": g["name"], "label": g["label"]}
-            for r in results
-            if r
-            for g in r["groups"]
-        ]
+    def plan_solves(prepared: object) -> list[dict]:
+        """The same pairs to solve when an astrometry route is asked, else none: no idle task
+        instance takes an `astrometry` pool slot or a worker."""
+        return [pair for r in _results(prepared) if r["solve"] for pair in r["groups"]]
 
     @task(map_index_template="{{ label }}")
-    def calibrate_and_stack(night: str, group: str, label: str) -> dict:
+    def reduce_group(night: str, group: dict, label: str) -> dict:
+        """Calibrate, align, stack and preview one (object, filter, exposure) group."""
         from ar_tasks import pipeline
 
         params = _params(label)
-        return pipeline.reduce_group(
+        return _deterministic(
+            pipeline.reduce_group,
             params["raw_root"],
             params["products_root"],
             night,
             group,
-            stack=params["stack"],
-            overwrite=params["overwrite"],
+            dict(params),
             s3=_s3(params),
         )
 
-    @task(pool="astrometry", map_index_template="{{ label }}")
-    def astrometry(reduced: dict, label: str) -> dict:
+    @task(pool="astrometry", trigger_rule="all_done", map_index_template="{{ label }}")
+    def solve_group(night: str, group: dict, label: str) -> dict:
         """Plate solving of the group's aux frames and stack, in the `astrometry` pool."""
         from ar_tasks import pipeline
 
         params = _params(label)
-        if params["astrometry"] == "none":
-            return {**reduced, "astrometry": "none"}
-        solved = pipeline.astrometry_group(
+        return _deterministic(
+            pipeline.solve_group,
             params["raw_root"],
             params["products_root"],
-            reduced["night"],
-            reduced["group"],
-            params["astrometry"],
+            night,
+            group,
+            dict(params),
             _astrometry_settings(params),
-            stack=params["stack"],
-            overwrite=params["overwrite"],
             s3=_s3(params),
         )
-        return {**reduced, **solved}
-
-    @task(map_index_template="{{ label }}")
-    def previews(solved: dict, label: str) -> dict:
-        from ar_tasks import pipeline
-
-        params = _params(label)
-        if not params["png"]:
-            return {**solved, "previews": 0}
-        return pipeline.previews_group(
-            params["raw_root"],
-            params["products_root"],
-            solved["night"],
-            solved["group"],
-            overwrite=params["overwrite"],
-            s3=_s3(params),
-        )
-
-    @task_group
-    def per_group(night: str, group: str, label: str) -> dict:
-        return previews(astrometry(calibrate_and_stack(night, group, label), label), label)
 
     @task(trigger_rule="all_done", map_index_template="{{ label }}")
     def publish(night: str) -> dict:
@@ -303,16 +297,25 @@ def t120_reduce() -> None:
         from ar_tasks import pipeline
 
         params = _params(night)
-        summary = pipeline.publish_night(
-            params["raw_root"], params["products_root"], night, dict(params), s3=_s3(params)
+        summary = _deterministic(
+            pipeline.publish_night,
+            params["raw_root"],
+            params["products_root"],
+            night,
+            dict(params),
+            _astrometry_settings(params),
+            s3=_s3(params),
         )
         if summary["status"] != "success":
             raise AirflowFailException(f"night {night}: " + "; ".join(summary["problems"]))
         return summary
 
     nights = list_nights()
-    reduced = per_group.expand_kwargs(plan_groups(per_night.expand(night=nights)))
-    reduced >> publish.expand(night=nights)
+    prepared = prepare_night.expand(night=nights)
+    reduced = reduce_group.expand_kwargs(plan_groups(prepared))
+    solved = solve_group.expand_kwargs(plan_solves(prepared))
+    reduced >> solved
+    [reduced, solved] >> publish.expand(night=nights)
 
 
 t120_reduce()

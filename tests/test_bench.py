@@ -69,18 +69,19 @@ def test_tiny_bench_run_makes_every_table(tmp_path):
 
 def test_floor_writes_what_ours_wrote(tmp_path):
     """The floor's plan lists our FITS products, and the floor writes each of them."""
-    from ar_tasks import steps, synthetic
+    from ar_tasks import synthetic
     from ar_tasks.layout import NightLayout
+    from ar_tasks.nightplan import NightPlan, ReductionOptions
+    from ar_tasks.steps import load_inventory, setup_night
     from bench import floor
 
     spec = synthetic.NightSpec(size=64, frames_per_group=2)
     night = synthetic.write_night(tmp_path / "raw", spec)
     ours = run.fresh_copy(night, tmp_path / "ours" / night.name)
     layout = NightLayout.in_place(ours)
-    steps.setup_night(layout)
-    steps.make_masters(layout, interpolate=True)
-    for group in steps.load_inventory(layout).groups():
-        steps.reduce_group(layout, group.name)
+    setup_night(layout)
+    plan = NightPlan.build(load_inventory(layout), ReductionOptions(interpolate=True))
+    plan.run(plan.start(layout), ["masters", "group"])
     plan = floor.plan(ours)
     assert any(p["path"].startswith("stacked/") for p in plan["images"])
     assert len(plan["copies"]) == sum(1 for _ in Path(night).rglob("*.fits"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import signal
@@ -40,11 +41,28 @@ def test_reduction_without_setup_says_so(small_night):
     assert "--setup" in result.stderr
 
 
-def test_setup_needs_the_three_folders(small_night):
+def test_a_night_without_flats_is_a_normal_night(small_night):
+    """No FLAT/ folder: setup warns and succeeds; the reduction makes the darks, fails every
+    group for want of its flat with the reason, and the manifest says so."""
     shutil.rmtree(small_night / "FLAT")
     result = run_cli(small_night, "--setup")
+    assert result.returncode == 0, result.stderr
+    assert "W: Did not find folder FLAT" in result.stdout
+    result = run_cli(small_night, "-i")
     assert result.returncode == 1
-    assert "E: Did not find folder FLAT" in result.stderr
+    assert "E: Did not find flat field images for filter V." in result.stderr
+    assert "E: Master files are missing for (60000ms, V): mtrans_V.fits." in result.stderr
+    assert not _stacks(small_night)
+    manifest = json.loads((small_night / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["masters"]["darks"] and not manifest["masters"]["flats"]
+    assert any("mtrans_V.fits" in p for p in manifest["problems"])
+
+
+def test_a_folder_without_any_frame_folder_is_refused(tmp_path):
+    result = run_cli(tmp_path, "--setup")
+    assert result.returncode == 1
+    assert "is not a night folder: it has none of DARK, FLAT, ORIGINAL" in result.stderr
 
 
 def test_missing_darks_fail_only_what_needs_them(small_night):

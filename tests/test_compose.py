@@ -73,7 +73,7 @@ SHARED_SETTINGS = {
     "AR_PRODUCTS_ROOT": "s3://products",
 }
 # Debian packages the host needs but the image does not (packages.txt lists both kinds).
-HOST_ONLY_PACKAGES = {"postgresql-15", "redis-server", "docker-compose"}
+HOST_ONLY_PACKAGES = {"postgresql-15", "redis-server", "docker-compose", "chromium"}  # tests only
 
 
 # --- rendering ------------------------------------------------------------------------------

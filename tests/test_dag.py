@@ -52,8 +52,8 @@ DEFAULT_CONF = {
     "overwrite": False,
     "objects": [],
     "filters": [],
-    "refcat": "",
-    "anet_index": "",
+    "refcat": None,
+    "anet_index": None,
 }
 
 
@@ -65,9 +65,13 @@ def _run(dag, **conf):
 def test_dag_has_tags_retries_docs_and_limits(dag):
     assert dag.tags and dag.doc_md and "night" in dag.doc_md
     assert all(t.retries >= 1 for t in dag.tasks)
-    assert dag.max_active_runs == 2 and dag.max_active_tasks == 4
+    assert dag.max_active_runs == 2 and dag.max_active_tasks == 16
     assert dag.catchup is False
-    assert {t.pool for t in dag.tasks if t.task_id.endswith("astrometry")} == {"astrometry"}
+    assert {t.pool for t in dag.tasks if t.task_id == "solve_group"} == {"astrometry"}
+    assert {t.task_id for t in dag.tasks} == {
+        "list_nights", "prepare_night", "plan_groups", "plan_solves", "reduce_group",
+        "solve_group", "publish",
+    }  # fmt: skip
 
 
 def test_parsing_imports_no_science_stack():
@@ -320,8 +324,12 @@ def test_dag_astrometry_routes_match_truth(dag, astro_archive, tmp_path, monkeyp
             listed = {p["path"] for p in manifest["products"]}
             assert {f"reduced/{p.name}" for p in reduced} <= listed
         assert ("POST", "/api/login") in standin.requests
-        # A rerun with the same mode reuses every solution: nothing is sent again.
+        # A rerun with the same mode finds the night current: nothing runs, nothing is sent.
         sent = len(standin.requests)
+        manifest = _astrometry_run(dag, astro_archive, products, "astrometrynet_online")
+        assert manifest["recomputed"] == [] and len(standin.requests) == sent
+        # Without its manifest the night is done again, and reuses every solution.
+        (night / "manifest.json").unlink()
         manifest = _astrometry_run(dag, astro_archive, products, "astrometrynet_online")
         assert sum(g["reused"] for g in manifest["astrometry"].values()) == expected
         assert not [p for p in manifest["recomputed"] if p.startswith("reduced/")]

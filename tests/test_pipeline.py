@@ -1,4 +1,4 @@
-"""The DAG's night and group steps, called directly: selection, failure records, manifest."""
+"""The DAG's stages of the night plan, called directly: selection, failure records, manifest."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from ar_tasks import pipeline, steps
+from ar_tasks import pipeline
+from ar_tasks.steps import StepError
+
+M67_V = {"object": "M-67", "filter": "V", "exposure_ms": 60000}
 
 
 @pytest.fixture
@@ -16,29 +19,78 @@ def roots(small_archive, tmp_path):
 
 def test_objects_and_filters_restrict_the_groups(roots):
     raw, products = roots
-    assert pipeline.inventory_night(raw, products, "2023-05-10")["frames"] == 51
-    ready = pipeline.masters_night(
-        raw, products, "2023-05-10", objects=["M 67"], filters=["V", "B"]
-    )
-    assert [g["name"] for g in ready["groups"]] == ["M-67_V_60000"]
+    params = {"objects": ["M 67"], "filters": ["V", "B"]}
+    ready = pipeline.prepare_night(raw, products, "2023-05-10", params)
+    assert [g["group"] for g in ready["groups"]] == [M67_V]
     assert ready["groups"][0]["label"] == "2023-05-10 M-67 V 60s"
+    assert ready["current"] is False and ready["solve"] is False
 
 
 def test_group_failure_is_recorded_and_fails_the_night(roots, tmp_path):
     raw, products = roots
-    pipeline.inventory_night(raw, products, "2023-05-10")
-    pipeline.masters_night(raw, products, "2023-05-10", interpolate=False)  # 120 s: no darks
-    done = pipeline.reduce_group(raw, products, "2023-05-10", "M-67_V_60000")
+    params = {"interpolate": False}  # 120 s: no darks
+    ready = pipeline.prepare_night(raw, products, "2023-05-10", params)
+    assert M67_V in [g["group"] for g in ready["groups"]]
+    assert len(ready["groups"]) == 2  # the 120 s groups are blocked: their records say why
+    done = pipeline.reduce_group(raw, products, "2023-05-10", M67_V, params)
     assert done["combined"] == 3 and done["reused"] is False
-    with pytest.raises(steps.StepError, match="Master files are missing"):
-        pipeline.reduce_group(raw, products, "2023-05-10", "NGC-2420_V_120000")
-    summary = pipeline.publish_night(raw, products, "2023-05-10", {"interpolate": False})
+    blocked = {"object": "NGC-2420", "filter": "V", "exposure_ms": 120000}
+    with pytest.raises(StepError, match="Master files are missing"):
+        pipeline.reduce_group(raw, products, "2023-05-10", blocked, params)
+    summary = pipeline.publish_night(raw, products, "2023-05-10", params)
     assert summary["status"] == "failed"
     manifest = json.loads((tmp_path / "products" / "2023-05-10" / "manifest.json").read_text())
     assert manifest["groups"]["M-67_V_60000"]["status"] == "done"
     assert manifest["groups"]["NGC-2420_V_120000"]["status"] == "failed"
     assert any("120000ms" in p for p in manifest["problems"])
-    assert manifest["parameters"] == {"interpolate": False}
+    assert manifest["parameters"] == params
+
+
+def test_a_complete_night_is_current_on_rerun(roots):
+    """Once a night is published as a success, preparing it again finds every product
+    current and hands no group on; overwrite does the night again."""
+    raw, products = roots
+    params = {"objects": ["M 67"]}
+    ready = pipeline.prepare_night(raw, products, "2023-05-10", params)
+    for pair in ready["groups"]:
+        pipeline.reduce_group(raw, products, "2023-05-10", pair["group"], params)
+    assert pipeline.publish_night(raw, products, "2023-05-10", params)["status"] == "success"
+    again = pipeline.prepare_night(raw, products, "2023-05-10", params)
+    assert again == {"night": "2023-05-10", "current": True, "groups": [], "solve": False}
+    other = pipeline.prepare_night(raw, products, "2023-05-10", {**params, "stack": False})
+    assert other["current"] is False  # other params: another night key
+
+
+def test_a_night_without_calibrations_fails_with_its_reason(tmp_path):
+    """Science frames only: prepared (no group is ready), published as failed with why."""
+    import shutil
+
+    from ar_tasks.synthetic import NightSpec, write_night
+
+    raw = tmp_path / "raw"
+    write_night(raw, NightSpec(size=128, frames_per_group=2))
+    shutil.rmtree(raw / "2023-05-10" / "DARK")
+    shutil.rmtree(raw / "2023-05-10" / "FLAT")
+    products = str(tmp_path / "products")
+    ready = pipeline.prepare_night(str(raw), products, "2023-05-10", {})
+    assert ready["groups"] == []
+    summary = pipeline.publish_night(str(raw), products, "2023-05-10", {})
+    assert summary["status"] == "failed"
+    assert "There are no dark files at all! Cannot calibrate or interpolate." in summary["problems"]
+    manifest = json.loads((tmp_path / "products" / "2023-05-10" / "manifest.json").read_text())
+    assert all(g["status"] == "failed" for g in manifest["groups"].values())
+    assert any("Did not find folder DARK" in w for w in manifest["warnings"])
+
+
+def test_a_failed_setup_still_gets_a_manifest(tmp_path):
+    """A folder that is not a night: prepare fails, publish says why in the manifest."""
+    (tmp_path / "raw" / "2023-05-10" / "notes").mkdir(parents=True)
+    raw, products = str(tmp_path / "raw"), str(tmp_path / "products")
+    with pytest.raises(StepError, match="not a night folder"):
+        pipeline.prepare_night(raw, products, "2023-05-10", {})
+    summary = pipeline.publish_night(raw, products, "2023-05-10", {})
+    assert summary["status"] == "failed"
+    assert "not a night folder" in summary["problems"][0]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,539 @@
+"""The night plan: every task of a night's reduction, what it reads and writes, what it needs.
+
+One plan, two faces. The `astro_reduce` command runs a whole plan in its thread graph; the DAG
+runs it stage by stage (the masters in the night's task, each group's cosmetic tasks in that
+group's task, its astrometry in the astrometry pool) and the S3 workspace downloads exactly what
+a stage's tasks declare they read. No dependency rule is written anywhere else.
+
+Tasks, their stage and what each needs first:
+
+    dark <ms>          masters   -
+    interpolation      masters   every dark task          (exposures without darks, -i)
+    flat <filter>      masters   the darks of its exposures
+    master previews    masters   every master task        (--tmppng / png)
+    calibrate <group>  group     its dark and flat tasks
+    register <group>   group     calibrate <group>        (unless --nostack)
+    combine <group>    group     register <group>
+    previews <group>   group     combine (or calibrate) <group>   (--tmppng, --stkpng / png)
+    solve <group>      solve     combine (or calibrate) <group>   (an astrometry route)
+
+Each group's outcome is one record (`group_<name>`, `astrometry_<name>`), the masters' one
+record (`masters`); publish gathers the records into the manifest (steps.publish).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__, camera
+from .astrometry import AstrometryOptions
+from .fitsio import FrameError
+from .inventory import Frame, GroupKey, Inventory
+from .layout import ASTROMATIC_FOLDERS, COSMETIC, MASTERS, REDUCED, STACKED, NightLayout
+from .logs import get_logger, log_context
+from .steps import calibrate, masters, previews, solve, stack
+from .steps.common import StepError, problem, remove_stale
+from .threads import Task, run_graph
+
+log = get_logger(__name__)
+STAGES = ("masters", "group", "solve")
+FAILURES = (StepError, FrameError, ValueError, OSError)  # a task's own, recorded failures
+
+
+@dataclass(frozen=True)
+class ReductionOptions:
+    """What a reduction is asked to do: the CLI's flags and the DAG's params, in one form."""
+
+    interpolate: bool = False
+    stack: bool = True
+    aux_png: bool = False  # --tmppng: masters and aux frames
+    stack_png: bool = False  # --stkpng
+    overwrite: bool = False
+    make_masters: bool = True  # False: --nomaster, use the masters already there
+    objects: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    astrometry: AstrometryOptions = field(default_factory=AstrometryOptions)
+    astrometry_jobs: int = 1  # images one solve task solves at once
+
+    def selects(self, group: GroupKey) -> bool:
+        """True when a group passes the object and filter restrictions (names sanitised)."""
+        objects = {camera.sanitize_object(o) for o in self.objects}
+        filters = {camera.sanitize_filter(f) for f in self.filters}
+        return (not objects or group.object in objects) and (not filters or group.filter in filters)
+
+    def provenance(self) -> dict[str, Any]:
+        """The options that decide the night's products (not overwrite, not the jobs)."""
+        solving = self.astrometry.provenance() if self.astrometry.requested else None
+        return {
+            "interpolate": self.interpolate,
+            "stack": self.stack,
+            "aux_png": self.aux_png,
+            "stack_png": self.stack_png,
+            "make_masters": self.make_masters,
+            "objects": sorted(self.objects),
+            "filters": sorted(self.filters),
+            "astrometry": solving,
+        }
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a task reads: raw frames (paths in the night folder) and product globs."""
+
+    raw: tuple[str, ...] = ()
+    products: tuple[str, ...] = ()
+
+
+@dataclass
+class PlanTask:
+    name: str
+    stage: str
+    run: Callable[[NightRun], None]
+    needs: tuple[str, ...] = ()
+    reads: Reads = Reads()
+    group: GroupKey | None = None
+
+
+@dataclass
+class NightRun:
+    """The state the tasks of one run share: the layout, the records they fill, alignments."""
+
+    layout: NightLayout
+    options: ReductionOptions
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alignments: dict[GroupKey, stack.Alignment] = field(default_factory=dict)
+
+    def record(self, name: str) -> dict[str, Any]:
+        return self.records.setdefault(name, {})
+
+    def failed(self, group: GroupKey) -> bool:
+        return self.records.get(group_record(group), {}).get("status") == "failed"
+
+
+def recipes() -> dict[str, dict[str, Any]]:
+    """The code identity and algorithm parameters of each kind of product (for the manifest
+    and the night key; each product's own key holds its recipe too)."""
+    return {
+        "mdark": masters.dark_recipe(),
+        "mdark-interpolated": masters.interpolation_recipe(),
+        "mtrans": masters.flat_recipe(),
+        "aux": calibrate.aux_recipe(),
+        "stack": stack.stack_recipe(),
+    }
+
+
+def group_record(group: GroupKey) -> str:
+    return f"group_{group.name}"
+
+
+def astrometry_record(group: GroupKey) -> str:
+    return f"astrometry_{group.name}"
+
+
+def group_files(group: GroupKey, *folders: str) -> tuple[str, ...]:
+    """Glob patterns of a group's files in product folders (its stack, aux frames, results)."""
+    return tuple(f"{folder}/{group.name}{tail}" for folder in folders for tail in (".*", "_*"))
+
+
+@dataclass
+class NightPlan:
+    inventory: Inventory
+    options: ReductionOptions
+    tasks: dict[str, PlanTask] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, inventory: Inventory, options: ReductionOptions) -> NightPlan:
+        plan = cls(inventory, options)
+        makers: dict[str, str] = {}  # master file name -> the task that makes it
+        if options.make_masters:
+            makers = plan._add_masters()
+        for group, frames in plan.groups().items():
+            plan._add_group(group, frames, makers)
+        return plan
+
+    def groups(self) -> dict[GroupKey, list[Frame]]:
+        """The selected groups and their frames."""
+        return {g: f for g, f in self.inventory.groups().items() if self.options.selects(g)}
+
+    def _add(self, task: PlanTask) -> None:
+        self.tasks[task.name] = task
+
+    def _add_masters(self) -> dict[str, str]:
+        """Master tasks; returns which task makes each master file."""
+        inventory, options = self.inventory, self.options
+        makers: dict[str, str] = {}
+        darks = inventory.darks_by_exposure()
+        for exposure, frames in darks.items():
+            name = f"dark {exposure}"
+            self._add(
+                PlanTask(
+                    name,
+                    "masters",
+                    _master_dark(exposure, frames),
+                    reads=Reads(tuple(f.path for f in frames), (f"{MASTERS}/mdark_{exposure}.*",)),
+                )
+            )
+            makers[f"mdark_{exposure}"] = name
+        missing = [e for e in inventory.needed_exposures() if e not in darks]
+        if missing and darks and options.interpolate:
+            wanted = (*darks, *missing)
+            self._add(
+                PlanTask(
+                    "interpolation",
+                    "masters",
+                    _interpolation(darks, missing),
+                    needs=tuple(makers.values()),
+                    reads=Reads((), tuple(f"{MASTERS}/mdark_{e}.*" for e in wanted)),
+                )
+            )
+            makers.update({f"mdark_{e}": "interpolation" for e in missing})
+        else:
+            self._add(PlanTask("missing darks", "masters", _no_darks(missing, bool(darks))))
+        flats = inventory.flats_by_filter()
+        needed = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
+        self._add(
+            PlanTask("missing flats", "masters", _no_flats([f for f in needed if f not in flats]))
+        )
+        for filter_name, frames in flats.items():
+            exposures = sorted({f.exposure_ms for f in frames})
+            name = f"flat {filter_name}"
+            needs = sorted({makers[f"mdark_{e}"] for e in exposures if f"mdark_{e}" in makers})
+            products = (
+                f"{MASTERS}/mtrans_{filter_name}.*",
+                *(f"{MASTERS}/mdark_{e}.*" for e in exposures),
+            )
+            self._add(
+                PlanTask(
+                    name,
+                    "masters",
+                    _master_flat(filter_name, frames),
+                    tuple(needs),
+                    Reads(tuple(f.path for f in frames), products),
+                )
+            )
+            makers[f"mtrans_{filter_name}"] = name
+        if options.aux_png:
+            self._add(
+                PlanTask(
+                    "master previews",
+                    "masters",
+                    _master_previews(options.overwrite),
+                    needs=tuple(sorted(set(makers.values()))),
+                    reads=Reads((), (f"{MASTERS}/*",)),
+                )
+            )
+        return makers
+
+    def _add_group(self, group: GroupKey, frames: list[Frame], makers: dict[str, str]) -> None:
+        options = self.options
+        raw = tuple(f.path for f in frames)
+        masters_read = (
+            f"{MASTERS}/mdark_{group.exposure_ms}.*",
+            f"{MASTERS}/mtrans_{group.filter}.*",
+        )
+        master_tasks = (
+            makers.get(f"mdark_{group.exposure_ms}"),
+            makers.get(f"mtrans_{group.filter}"),
+        )
+        needs = tuple(t for t in master_tasks if t)
+        cosmetic = group_files(group, COSMETIC, STACKED)
+        self._add(
+            PlanTask(
+                f"calibrate {group.name}",
+                "group",
+                _calibrate(group, frames),
+                needs,
+                Reads(raw, (*masters_read, *group_files(group, COSMETIC))),
+                group,
+            )
+        )
+        last = f"calibrate {group.name}"
+        if options.stack:
+            self._add(
+                PlanTask(
+                    f"register {group.name}",
+                    "group",
+                    _register(group, frames),
+                    (last,),
+                    Reads(raw, cosmetic),
+                    group,
+                )
+            )
+            self._add(
+                PlanTask(
+                    f"combine {group.name}",
+                    "group",
+                    _combine(group),
+                    (f"register {group.name}",),
+                    Reads(raw, cosmetic),
+                    group,
+                )
+            )
+            last = f"combine {group.name}"
+        if options.aux_png or (options.stack_png and options.stack):
+            self._add(
+                PlanTask(
+                    f"previews {group.name}",
+                    "group",
+                    _group_previews(group, frames, options),
+                    (last,),
+                    Reads((), cosmetic),
+                    group,
+                )
+            )
+        if options.astrometry.requested:
+            results = group_files(group, COSMETIC, STACKED, REDUCED, *ASTROMATIC_FOLDERS)
+            self._add(
+                PlanTask(
+                    f"solve {group.name}",
+                    "solve",
+                    _solve(group, frames, options),
+                    (last,),
+                    Reads((), results),
+                    group,
+                )
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    def select(
+        self,
+        stages: Iterable[str],
+        group: GroupKey | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> list[PlanTask]:
+        """The tasks of these stages (of one group; of some kinds: "dark", "calibrate"...)."""
+        chosen, wanted = set(stages), set(kinds) if kinds is not None else None
+        return [
+            t
+            for t in self.tasks.values()
+            if t.stage in chosen
+            and (group is None or t.group == group)
+            and (wanted is None or t.name.split(" ")[0] in wanted)
+        ]
+
+    def reads(self, stages: Iterable[str], group: GroupKey | None = None) -> Reads:
+        """Everything the chosen tasks read (for the S3 workspace's downloads)."""
+        raw: dict[str, None] = {}
+        products: dict[str, None] = {}
+        for task in self.select(stages, group):
+            raw.update(dict.fromkeys(task.reads.raw))
+            products.update(dict.fromkeys(task.reads.products))
+        return Reads(tuple(raw), tuple(products))
+
+    def night_key(self) -> str:
+        """One key for the whole night: the frames, the options and the code. While it and the
+        products listed in the manifest hold, a rerun has nothing to do."""
+        payload = {
+            "version": __version__,
+            "recipes": recipes(),
+            "frames": [(f.path, f.sha256) for f in self.inventory.frames],
+            "quarantined": [(p.path, p.reason) for p in self.inventory.quarantined],
+            "options": self.options.provenance(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def start(self, layout: NightLayout) -> NightRun:
+        return NightRun(layout, self.options)
+
+    # ------------------------------------------------------------------ running
+
+    def run(
+        self,
+        night: NightRun,
+        stages: Iterable[str],
+        group: GroupKey | None = None,
+        jobs: int = 1,
+        kinds: Iterable[str] | None = None,
+    ) -> NightRun:
+        """Run the chosen tasks in the thread graph, each once the chosen tasks it needs are
+        done (needs outside the choice were met by an earlier stage)."""
+        chosen = {t.name: t for t in self.select(stages, group, kinds)}
+        graph: dict[str, Task] = {}
+        for task in chosen.values():
+            needs = tuple(n for n in task.needs if n in chosen)
+            graph[task.name] = (_guarded(task, night), needs)
+        run_graph(graph, jobs)
+        return night
+
+
+def _guarded(task: PlanTask, night: NightRun) -> Callable[[], None]:
+    """The task, in its group's log context; a failure fails its group (recorded), not the run."""
+
+    def work() -> None:
+        with log_context(group=task.group.name if task.group else ""):
+            if task.group is not None and night.failed(task.group) and task.stage == "group":
+                return  # an earlier task of the group failed: its record says why
+            try:
+                task.run(night)
+            except FAILURES as exc:
+                message = problem(str(exc))
+                if task.group is None:
+                    night.record("masters").setdefault("problems", []).append(message)
+                elif task.stage == "solve":
+                    record = night.record(astrometry_record(task.group))
+                    route = night.options.astrometry.route
+                    record.update(group=task.group.name, mode=route, status="failed", error=message)
+                else:
+                    night.record(group_record(task.group)).update(status="failed", error=message)
+
+    return work
+
+
+# ---------------------------------------------------------------------- the tasks' bodies
+
+
+def _masters_record(night: NightRun) -> dict[str, Any]:
+    record = night.record("masters")
+    for kind in ("darks", "interpolated", "flats"):
+        record.setdefault(kind, {})
+    record.setdefault("problems", [])
+    return record
+
+
+def _master_dark(exposure: int, frames: list[Frame]) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        record = _masters_record(night)
+        try:
+            qc = masters.make_master_dark(night.layout, exposure, frames, night.options.overwrite)
+        except (FrameError, ValueError) as exc:
+            remove_stale(night.layout.master_dark(exposure))
+            raise StepError(f"Master dark {exposure} ms: {exc}") from None
+        record["darks"][str(exposure)] = qc
+
+    return run
+
+
+def _interpolation(darks: dict[int, list[Frame]], missing: list[int]) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        record = _masters_record(night)
+        try:
+            made = masters.make_interpolated_darks(
+                night.layout, darks, missing, night.options.overwrite
+            )
+        except (StepError, OSError, ValueError) as exc:
+            for exposure in missing:
+                remove_stale(night.layout.master_dark(exposure))
+            raise StepError(f"Dark interpolation failed: {exc}") from None
+        record["interpolated"].update(made)
+
+    return run
+
+
+def _no_darks(missing: list[int], any_darks: bool) -> Callable[[NightRun], None]:
+    """Exposures that need a dark and will not get one: stale masters go, each is a problem."""
+
+    def run(night: NightRun) -> None:
+        record = _masters_record(night)
+        if missing and not any_darks:
+            record["problems"].append(
+                problem("There are no dark files at all! Cannot calibrate or interpolate.")
+            )
+        for exposure in missing:
+            remove_stale(night.layout.master_dark(exposure))
+            if any_darks:
+                record["problems"].append(
+                    problem(
+                        f"Did not find dark field images for {exposure}ms exposure. "
+                        "Use --interpolate to compute the missing master darks."
+                    )
+                )
+
+    return run
+
+
+def _no_flats(filters: list[str]) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        record = _masters_record(night)
+        for filter_name in filters:
+            remove_stale(night.layout.master_flat(filter_name))
+            record["problems"].append(
+                problem(f"Did not find flat field images for filter {filter_name}.")
+            )
+
+    return run
+
+
+def _master_flat(filter_name: str, frames: list[Frame]) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        record = _masters_record(night)
+        try:
+            qc = masters.make_master_flat(
+                night.layout, filter_name, frames, night.options.overwrite
+            )
+        except (StepError, FrameError, ValueError) as exc:
+            remove_stale(night.layout.master_flat(filter_name))
+            raise StepError(f"Master flat {filter_name}: {exc}") from None
+        record["flats"][filter_name] = qc
+
+    return run
+
+
+def _master_previews(overwrite: bool) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        done = previews.make_previews(
+            night.layout, previews.master_sources(night.layout), overwrite
+        )
+        _masters_record(night)["previews"] = done
+
+    return run
+
+
+def _calibrate(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        record = night.record(group_record(group))
+        record.update(group=group.name, label=group.label, frames=[f.path for f in frames])
+        record.update(
+            calibrate.calibrate_group(night.layout, group, frames, night.options.overwrite)
+        )
+        record["status"] = "done"
+
+    return run
+
+
+def _register(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        alignment = stack.register_group(night.layout, group, frames, night.options.overwrite)
+        night.alignments[group] = alignment
+
+    return run
+
+
+def _combine(group: GroupKey) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        alignment = night.alignments.pop(group)
+        night.record(group_record(group))["stack"] = stack.combine_group(night.layout, alignment)
+
+    return run
+
+
+def _group_previews(
+    group: GroupKey, frames: list[Frame], options: ReductionOptions
+) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        layout = night.layout
+        sources = [layout.aux(f) for f in frames] if options.aux_png else []
+        sources += [layout.stack(group)] if options.stack_png and options.stack else []
+        done = previews.make_previews(layout, sources, options.overwrite)
+        night.record(group_record(group))["previews"] = done
+
+    return run
+
+
+def _solve(
+    group: GroupKey, frames: list[Frame], options: ReductionOptions
+) -> Callable[[NightRun], None]:
+    def run(night: NightRun) -> None:
+        result = solve.solve_group(
+            night.layout, group, frames, options.astrometry, options.stack, options.astrometry_jobs
+        )
+        record = night.record(astrometry_record(group))
+        record.update(result, group=group.name, mode=options.astrometry.route, status="done")
+
+    return run

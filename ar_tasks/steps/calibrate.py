@@ -1,0 +1,82 @@
+"""The calibration step: one group's aux frames, (raw - master dark) / master flat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import calibration
+from ..fitsio import FrameError, product_header, read_product, set_card, write_image
+from ..inventory import Frame, GroupKey
+from ..layout import NightLayout
+from ..logs import VERBOSE, get_logger
+from ..provenance import code_identity, input_key, product_key, reuse_or_make, stamp
+from .common import FITS_WRITING, StepError, problem, read_raw, relative, set_type
+
+log = get_logger(__name__)
+
+
+def missing_masters(layout: NightLayout, group: GroupKey) -> list[str]:
+    """Names of the master dark and flat a group needs that do not exist."""
+    needed = (layout.master_dark(group.exposure_ms), layout.master_flat(group.filter))
+    return [path.name for path in needed if not path.is_file()]
+
+
+def missing_masters_message(group: GroupKey, absent: list[str]) -> str:
+    return (
+        f"Master files are missing for ({group.exposure_ms}ms, {group.filter}): "
+        f"{', '.join(absent)}."
+    )
+
+
+def aux_recipe() -> dict[str, Any]:
+    """The code and parameters that make an aux frame's bytes (see provenance)."""
+    return {"code": code_identity(calibration, calibrate_group, *FITS_WRITING), "parameters": {}}
+
+
+def calibrate_group(
+    layout: NightLayout, group: GroupKey, frames: list[Frame], overwrite: bool = False
+) -> dict[str, Any]:
+    """Write the aux frames of one group; StepError when it has no masters or no frame could
+    be calibrated (a frame that cannot be read is a problem of the record, not the group's)."""
+    absent = missing_masters(layout, group)
+    if absent:
+        raise StepError(missing_masters_message(group, absent))
+    dark_path, flat_path = layout.master_dark(group.exposure_ms), layout.master_flat(group.filter)
+    recipe = aux_recipe()
+    dark_key, flat_key = input_key(dark_path), input_key(flat_path)
+    masters: list[Any] = []
+    record: dict[str, Any] = {"problems": [], "written": [], "aux_reused": 0}
+    done: list[Frame] = []
+    for frame in frames:
+        path = layout.aux(frame)
+        key = product_key("aux", **recipe, raw=frame.sha256, dark=dark_key, flat=flat_key)
+
+        def make(frame: Frame = frame, path: Any = path, key: str = key) -> None:
+            raw = read_raw(layout, frame)
+            if not masters:
+                masters.extend((read_product(dark_path)[0], read_product(flat_path)[0]))
+            aux = calibration.calibrate(raw.data, masters[0], masters[1], out=raw.data)
+            header = product_header(raw.header)
+            header["FILTER"] = frame.filter
+            set_type(header, "Light Frame", frame.exposure_ms, frame.object)
+            set_card(header, "ARRAW", frame.path, "raw frame")
+            set_card(header, "ARDARK", dark_path.name, "master dark subtracted")
+            set_card(header, "ARFLAT", flat_path.name, "master flat divided")
+            write_image(path, aux, stamp(header, key))
+            record["written"].append(relative(layout, path))
+
+        try:
+            record["aux_reused"] += reuse_or_make(path, key, make, overwrite)
+        except (FrameError, ValueError) as exc:
+            record["problems"].append(problem(f"{exc}: not calibrated."))
+            continue
+        done.append(frame)
+    record.update(
+        calibrated=len(done),
+        aux=[relative(layout, layout.aux(f)) for f in done],
+        masters={"dark": relative(layout, dark_path), "flat": relative(layout, flat_path)},
+    )
+    log.log(VERBOSE, "    %s...   Done (%s images).", group.name, len(done))
+    if not done:
+        raise StepError(f"No frame of {group.name} could be calibrated.")
+    return record

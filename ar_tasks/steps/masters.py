@@ -1,0 +1,226 @@
+"""The masters step: master darks per exposure, interpolated darks, master flats per filter.
+
+Each master is one task of the night plan (see nightplan), made by the pure functions of
+ar_tasks.masters from the inventory's frames, written atomically, and reused while its key
+holds. Its QC figures are header cards, so a reused master's record says what a new one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import combine
+from .. import masters as algorithms
+from ..combine import median_noise_factor
+from ..fitsheader import Header
+from ..fitsio import product_header, read_header, read_product, write_image
+from ..inventory import Frame
+from ..layout import NightLayout
+from ..logs import VERBOSE, get_logger
+from ..provenance import code_identity, constants, input_key, product_key, reuse_or_make, stamp
+from .common import FITS_WRITING, StepError, add_inputs, read_raw, relative, set_type
+
+log = get_logger(__name__)
+FLAT_CONSTANTS = ("FLAT_MIN_RESPONSE", "LEVEL_SUBSAMPLE", "LEVEL_SUBSAMPLE_MIN_SIZE")
+
+
+def dark_recipe() -> dict[str, Any]:
+    """The code and parameters that make a master dark's bytes (see provenance)."""
+    code = code_identity(
+        algorithms.master_dark, algorithms.pair_noise, combine, make_master_dark, *FITS_WRITING
+    )
+    return {"code": code, "parameters": {}}
+
+
+def interpolation_recipe() -> dict[str, Any]:
+    code = code_identity(
+        algorithms.fit_dark_model,
+        algorithms.interpolate_dark,
+        make_interpolated_darks,
+        *FITS_WRITING,
+    )
+    return {"code": code, "parameters": {}}
+
+
+def flat_recipe() -> dict[str, Any]:
+    code = code_identity(
+        algorithms.normalise_flat,
+        algorithms.robust_level,
+        algorithms.central_region,
+        algorithms.finish_flat,
+        algorithms.master_flat,
+        combine,
+        make_master_flat,
+        *FITS_WRITING,
+    )
+    return {"code": code, "parameters": constants(algorithms, FLAT_CONSTANTS)}
+
+
+def dark_key(exposure: int, frames: list[Frame]) -> str:
+    return product_key(
+        "mdark", **dark_recipe(), exposure=exposure, inputs=sorted(f.sha256 for f in frames)
+    )
+
+
+def make_master_dark(
+    layout: NightLayout, exposure: int, frames: list[Frame], overwrite: bool = False
+) -> dict[str, Any]:
+    """ar_masters/mdark_<ms>.fits: the median of the night's darks of one exposure."""
+    path = layout.master_dark(exposure)
+
+    def make() -> None:
+        first: list[np.ndarray] = []
+        headers: list[Header] = []
+
+        def darks() -> Any:
+            for frame in frames:
+                raw = read_raw(layout, frame)
+                if not headers:
+                    headers.append(raw.header)
+                if len(first) < 2:
+                    first.append(raw.data)
+                yield raw.data
+
+        data = algorithms.master_dark(darks(), copy=False)
+        noise = algorithms.pair_noise(*first) if len(first) == 2 else float("nan")
+        header = product_header(headers[0])
+        header["FILTER"] = " " * 8
+        set_type(header, "Dark", exposure, "DARK")
+        add_inputs(header, frames)
+        if np.isfinite(noise):
+            header["QCFNOISE"] = (round(noise, 4), "[ADU] noise of one input dark")
+            master_noise = noise * median_noise_factor(len(frames))
+            header["QCNOISE"] = (round(master_noise, 4), "[ADU] expected noise of the master")
+        write_image(path, data, stamp(header, dark_key(exposure, frames)))
+
+    reused = reuse_or_make(path, dark_key(exposure, frames), make, overwrite)
+    log.log(VERBOSE, "    %s ms...    Done (%s images).", exposure, len(frames))
+    header = read_header(path)
+    return {
+        "frames": len(frames),
+        "file": relative(layout, path),
+        "reused": reused,
+        "frame_noise_adu": header.get("QCFNOISE"),
+        "noise_adu": header.get("QCNOISE"),
+    }
+
+
+def make_interpolated_darks(
+    layout: NightLayout, darks: dict[int, list[Frame]], missing: list[int], overwrite: bool = False
+) -> dict[str, Any]:
+    """Master darks for exposures without darks, from the weighted line through the night's
+    master darks (one exposure only: a copy of it, with a warning)."""
+    exposures = sorted(darks)
+    sources = {e: layout.master_dark(e) for e in exposures}
+    absent = [e for e, path in sources.items() if not path.is_file()]
+    if absent:
+        raise StepError(f"the master darks of {absent} ms could not be made")
+    recipe = interpolation_recipe()
+    key_inputs = {str(e): input_key(p) for e, p in sources.items()}
+    counts = [len(darks[e]) for e in exposures]
+    model: list[tuple[np.ndarray, np.ndarray]] = []
+    results = {}
+    for exposure in missing:
+        path = layout.master_dark(exposure)
+        key = product_key(
+            "mdark-interpolated", **recipe, exposure=exposure, masters=key_inputs, counts=counts
+        )
+
+        def make(exposure: int = exposure, path: Any = path, key: str = key) -> None:
+            if len(exposures) == 1:
+                data = read_product(sources[exposures[0]])[0]
+                log.warning(
+                    "Only one dark exposure (%s ms): the %s ms master dark is a copy of it "
+                    "(no line can be fitted).",
+                    exposures[0],
+                    exposure,
+                )
+            else:
+                if not model:
+                    images = [read_product(sources[e])[0] for e in exposures]
+                    model.append(algorithms.fit_dark_model(exposures, images, counts))
+                data = algorithms.interpolate_dark(*model[0], exposure)
+            header = Header()
+            header["FILTER"] = " " * 8
+            set_type(header, "Interpolated dark", exposure, "DARK")
+            header["ARDKFROM"] = (",".join(map(str, exposures)), "exposures (ms) of the fit")
+            write_image(path, data, stamp(header, key))
+
+        reused = reuse_or_make(path, key, make, overwrite)
+        results[str(exposure)] = {
+            "from": exposures,
+            "file": relative(layout, path),
+            "reused": reused,
+        }
+        log.log(VERBOSE, "    %sms...      Done.", exposure)
+    return results
+
+
+def flat_key(layout: NightLayout, filter_name: str, frames: list[Frame]) -> str:
+    darks = {f.exposure_ms: layout.master_dark(f.exposure_ms) for f in frames}
+    return product_key(
+        "mtrans",
+        **flat_recipe(),
+        filter=filter_name,
+        inputs=sorted(f.sha256 for f in frames),
+        darks={str(e): input_key(p) for e, p in sorted(darks.items())},
+    )
+
+
+def make_master_flat(
+    layout: NightLayout, filter_name: str, frames: list[Frame], overwrite: bool = False
+) -> dict[str, Any]:
+    """ar_masters/mtrans_<filter>.fits: the median of the dark-subtracted, normalised flats."""
+    path = layout.master_flat(filter_name)
+    absent = sorted(
+        {f.exposure_ms for f in frames if not layout.master_dark(f.exposure_ms).is_file()}
+    )
+    if absent:
+        raise StepError(f"no master dark for the flat exposure(s) {absent} ms")
+    key = flat_key(layout, filter_name, frames)
+    levels: list[float] = []
+
+    def make() -> None:
+        darks: dict[int, np.ndarray] = {}
+        headers: list[Header] = []
+
+        def normalised() -> Any:
+            for frame in frames:
+                raw = read_raw(layout, frame)
+                if not headers:
+                    headers.append(raw.header)
+                if frame.exposure_ms not in darks:
+                    darks[frame.exposure_ms] = read_product(layout.master_dark(frame.exposure_ms))[
+                        0
+                    ]
+                flat, level = algorithms.normalise_flat(
+                    raw.data, darks[frame.exposure_ms], raw.data
+                )
+                levels.append(level)
+                yield flat
+
+        data, undefined = algorithms.master_flat(normalised(), copy=False)
+        header = product_header(headers[0])
+        header["FILTER"] = filter_name
+        set_type(header, "Flat Field", -1000, "FLAT")
+        add_inputs(header, frames)
+        header["ARFLBAD"] = (undefined, "pixels with response < 5% set undefined (NaN)")
+        header["QCLEVMIN"] = (round(min(levels), 1), "[ADU] faintest input flat level")
+        header["QCLEVMAX"] = (round(max(levels), 1), "[ADU] brightest input flat level")
+        write_image(path, data, stamp(header, key))
+
+    reused = reuse_or_make(path, key, make, overwrite)
+    log.log(VERBOSE, "    %s...   Done (%s images).", filter_name, len(frames))
+    header = read_header(path)
+    record: dict[str, Any] = {
+        "frames": len(frames),
+        "file": relative(layout, path),
+        "reused": reused,
+        "undefined_pixels": header.get("ARFLBAD"),
+        "level_range_adu": [header.get("QCLEVMIN"), header.get("QCLEVMAX")],
+    }
+    if levels:
+        record["levels_adu"] = [round(v, 1) for v in levels]
+    return record

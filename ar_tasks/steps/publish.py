@@ -1,0 +1,179 @@
+"""The publish step: a night's QC records gathered into `manifest.json`, written last.
+
+Both faces keep one record per part of the night in `<products>/<night>/ar_qc/` (`setup`,
+`masters`, `group_<name>`, `astrometry_<name>`) and publish the same manifest from them, so a
+night has one provenance whichever face reduced it. A night that failed (even before its
+inventory) still gets a manifest saying why. The schema is in README ("The manifest").
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from .. import __version__, externals
+from ..fitsio import sha256_file, write_bytes_atomic
+from ..inventory import Inventory
+from ..layout import COSMETIC, MASTERS, REDUCED, STACKED, NightLayout
+from ..provenance import stored_key
+
+QC_FOLDER = "ar_qc"
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 2
+PRODUCT_FOLDERS = (MASTERS, COSMETIC, STACKED, REDUCED)
+PYTHON_PACKAGES = ("numpy", "astropy", "scipy", "pillow", "click")
+
+
+def write_record(layout: NightLayout, name: str, payload: dict[str, Any]) -> None:
+    path = layout.out_dir / QC_FOLDER / f"{name}.json"
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_record(layout: NightLayout, name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((layout.out_dir / QC_FOLDER / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_manifest(layout: NightLayout) -> dict[str, Any] | None:
+    try:
+        return json.loads((layout.out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def local_products(layout: NightLayout) -> list[dict[str, Any]]:
+    """Every FITS product of a local night folder with its SHA-256, size and provenance key."""
+    entries = []
+    for name in PRODUCT_FOLDERS:
+        folder = layout.out_dir / name
+        for path in sorted(folder.glob("*.fits")) if folder.is_dir() else []:
+            entries.append(
+                {
+                    "path": str(path.relative_to(layout.out_dir)),
+                    "sha256": sha256_file(path),
+                    "bytes": path.stat().st_size,
+                    "key": stored_key(path) or "",
+                }
+            )
+    return entries
+
+
+def software_versions(tools: bool) -> dict[str, str]:
+    """The versions behind the products, read from installed metadata (a cosmetic run never
+    imports astropy); the external programs' own version lines when the night used them."""
+    found = {"ar_tasks": __version__, "python": platform.python_version()}
+    for name in PYTHON_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    if tools:
+        for program in ("sextractor", "psfex", "scamp", "solve-field"):
+            found[program] = externals.tool_version(program)
+    return found
+
+
+def build_manifest(
+    layout: NightLayout,
+    night: str,
+    parameters: dict[str, Any],
+    raw_dir: str,
+    products: list[dict[str, Any]],
+    night_key: str = "",
+    recipes: dict[str, Any] | None = None,
+    astrometry_mode: str | None = None,
+) -> dict[str, Any]:
+    """The manifest of a night from its records (see README for each field)."""
+    setup = read_record(layout, "setup") or {}
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "night": night,
+        "night_key": night_key,
+        "software": software_versions(tools=bool(astrometry_mode)),
+        "recipes": recipes or {},
+        "parameters": parameters,
+        "raw_dir": raw_dir,
+        "quarantined": setup.get("quarantined", []),
+        "warnings": setup.get("warnings", []),
+    }
+    try:
+        inventory = Inventory.from_json(layout.inventory_file.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        reason = setup.get("error") or "the night's setup did not finish (no inventory)"
+        manifest.update(status="failed", problems=[reason], inputs=[], groups={}, products=[])
+        return manifest
+    masters = read_record(layout, "masters") or {}
+    problems: list[str] = list(masters.get("problems", []))
+    groups: dict[str, Any] = {}
+    astrometry: dict[str, Any] = {}
+    recomputed: list[str] = []
+    for kind in ("darks", "interpolated", "flats"):
+        recomputed += [qc["file"] for qc in masters.get(kind, {}).values() if not qc.get("reused")]
+    for key in inventory.groups():
+        record = read_record(layout, f"group_{key.name}")
+        if record is None:
+            continue  # not selected (objects, filters)
+        groups[key.name] = record
+        if record.get("status") == "failed":
+            problems.append(f"{key.name}: {record.get('error')}")
+        recomputed += record.get("written", [])
+        stack = record.get("stack") or {}
+        if stack and not stack.get("reused"):
+            recomputed.append(stack["file"])
+        solved = read_record(layout, f"astrometry_{key.name}")
+        if solved is None or not astrometry_mode or solved.get("mode") != astrometry_mode:
+            continue
+        astrometry[key.name] = solved
+        if solved.get("status") == "failed":
+            problems.append(f"{key.name}: {solved.get('error')}")
+        problems += solved.get("problems", [])
+        images = solved.get("images", [])
+        recomputed += [r["product"] for r in images if r["status"] in ("solved", "catalogued")]
+    manifest.update(
+        status="failed" if problems else "success",
+        inputs=[
+            {
+                "path": f.path,
+                "kind": f.kind,
+                "sha256": f.sha256,
+                "exposure_ms": f.exposure_ms,
+                "filter": f.filter,
+                "object": f.object,
+            }
+            for f in inventory.frames
+        ],
+        masters={k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
+        groups=groups,
+        astrometry=astrometry,
+        problems=problems,
+        recomputed=sorted(set(recomputed)),
+        products=products,
+        timings={
+            "setup": setup.get("seconds"),
+            "masters": masters.get("seconds"),
+            "groups": {n: g.get("seconds") for n, g in groups.items() if "seconds" in g},
+            "astrometry": {n: a.get("seconds") for n, a in astrometry.items()},
+        },
+    )
+    return manifest
+
+
+def write_manifest(layout: NightLayout, manifest: dict[str, Any]) -> Path:
+    payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    return write_bytes_atomic(layout.out_dir / MANIFEST, payload.encode())
+
+
+def summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's few figures, for XCom and the CLI."""
+    return {
+        "night": manifest["night"],
+        "status": manifest["status"],
+        "groups": len(manifest.get("groups", {})),
+        "recomputed": len(manifest.get("recomputed", [])),
+        "problems": manifest.get("problems", []),
+    }
