@@ -407,3 +407,51 @@ def test_dag_on_s3_gives_the_local_products(dag, reduced_archive, s3_server, mon
             client.get_object(Bucket=bucket, Key=f"products/{night}/manifest.json")["Body"].read()
         )
         assert manifest["recomputed"] == []
+
+
+def _damage(night: Path) -> None:
+    """The kinds of files a real archive holds beside good frames."""
+    good = sorted((night / "ORIGINAL").glob("*.fits"))[0]
+    (night / "ORIGINAL" / "truncated.fits").write_bytes(good.read_bytes()[:20000])
+    (night / "ORIGINAL" / "notes.fits").write_text("observing log, not a frame\n")
+    (night / "FLAT" / "README.txt").write_text("flats taken at dusk\n")
+
+
+def test_cli_and_dag_write_the_same_products_and_provenance(dag, tmp_path, caplog):
+    """One night with damaged files, reduced by the astro_reduce command in its folder and by
+    the DAG into a products tree: the same products byte for byte (SHA-256), the same
+    inputs, quarantine, night key and group records; the DAG's task log has the warnings."""
+    import logging
+    import shutil
+
+    from conftest import run_cli
+
+    raw = tmp_path / "raw"
+    night = write_night(raw, NightSpec(size=256, frames_per_group=3, seed=5))
+    _damage(night)
+    cli_night = shutil.copytree(night, tmp_path / "cli" / night.name)
+    setup = run_cli(cli_night, "--setup")
+    assert setup.returncode == 1 and "E: ORIGINAL/notes.fits" in setup.stderr  # named, left out
+    result = run_cli(cli_night, "-i", "-t", "-r")
+    assert result.returncode == 0, result.stderr
+    caplog.set_level(logging.WARNING, logger="ar_tasks")
+    products = tmp_path / "products"
+    state = _run(dag, first_night=night.name, raw_root=str(raw), products_root=str(products))
+    assert state == "success"
+    by_cli = json.loads((cli_night / "manifest.json").read_text())
+    by_dag = json.loads((products / night.name / "manifest.json").read_text())
+    assert by_cli["status"] == by_dag["status"] == "success"
+    assert by_cli["products"] == by_dag["products"] and len(by_dag["products"]) == 28
+    for field in ("inputs", "quarantined", "night_key", "recipes", "masters"):
+        assert by_cli[field] == by_dag[field], field
+    assert {q["path"] for q in by_dag["quarantined"]} == {
+        "ORIGINAL/truncated.fits",
+        "ORIGINAL/notes.fits",
+    }
+    for name, group in by_dag["groups"].items():
+        assert by_cli["groups"][name]["stack"]["shifts"] == group["stack"]["shifts"]
+        assert group["stack"]["aligned"] is True and group["stack"]["left_out"] == []
+        assert group["stack"]["ghost_risk"] is False and group["stack"]["missing_aux"] == []
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("ar_tasks")]
+    assert any("truncated.fits" in m and "left out" in m for m in logged), logged
+    assert any("README.txt is not named like a FITS file" in m for m in logged), logged
