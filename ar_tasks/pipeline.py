@@ -185,11 +185,12 @@ def reduce_group(
     night: str,
     group: dict[str, Any],
     params: dict[str, Any],
+    settings: dict[str, Any] | None = None,
     s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Calibrate, register, combine and preview one group (the plan's "group" stage)."""
     key = GroupKey(**group)
-    options = reduction_options(params)
+    options = reduction_options(params, settings)
     record = _run_group_stage(raw_root, products_root, night, key, options, "group", s3)
     stack = record.get("stack") or {}
     return {

@@ -45,6 +45,24 @@ def _results(prepared: object) -> list[dict]:
     return [r for r in results if r]
 
 
+def _stage(name: str, label: str, night: str, **extra: Any) -> dict:
+    """Run one stage of the night plan (a function of ar_tasks.pipeline) with the run's params,
+    after naming this mapped instance `label`."""
+    from ar_tasks import pipeline
+
+    params = _params(label)
+    return _deterministic(
+        getattr(pipeline, name),
+        params["raw_root"],
+        params["products_root"],
+        night,
+        params=dict(params),
+        settings=_astrometry_settings(params),
+        s3=_s3(params),
+        **extra,
+    )
+
+
 def _deterministic(function: Any, *args: Any, **kwargs: Any) -> Any:
     """Call an ar_tasks stage; an error that a retry would meet again (no calibrations, bad
     params, a step's own failure) fails the task at once, without retries. Others (S3,
@@ -232,18 +250,7 @@ def t120_reduce() -> None:
     def prepare_night(night: str) -> dict:
         """Inventory and masters of one night; the groups ready to reduce (none when every
         product of the night is current)."""
-        from ar_tasks import pipeline
-
-        params = _params(night)
-        return _deterministic(
-            pipeline.prepare_night,
-            params["raw_root"],
-            params["products_root"],
-            night,
-            dict(params),
-            _astrometry_settings(params),
-            s3=_s3(params),
-        )
+        return _stage("prepare_night", night, night)
 
     @task(trigger_rule="all_done")
     def plan_groups(prepared: object) -> list[dict]:
@@ -259,53 +266,19 @@ def t120_reduce() -> None:
     @task(map_index_template="{{ label }}")
     def reduce_group(night: str, group: dict, label: str) -> dict:
         """Calibrate, align, stack and preview one (object, filter, exposure) group."""
-        from ar_tasks import pipeline
-
-        params = _params(label)
-        return _deterministic(
-            pipeline.reduce_group,
-            params["raw_root"],
-            params["products_root"],
-            night,
-            group,
-            dict(params),
-            s3=_s3(params),
-        )
+        return _stage("reduce_group", label, night, group=group)
 
     @task(pool="astrometry", trigger_rule="all_done", map_index_template="{{ label }}")
     def solve_group(night: str, group: dict, label: str) -> dict:
         """Plate solving of the group's aux frames and stack, in the `astrometry` pool."""
-        from ar_tasks import pipeline
-
-        params = _params(label)
-        return _deterministic(
-            pipeline.solve_group,
-            params["raw_root"],
-            params["products_root"],
-            night,
-            group,
-            dict(params),
-            _astrometry_settings(params),
-            s3=_s3(params),
-        )
+        return _stage("solve_group", label, night, group=group)
 
     @task(trigger_rule="all_done", map_index_template="{{ label }}")
     def publish(night: str) -> dict:
         """Write the night's manifest; fail this night's branch if anything in it failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ar_tasks import pipeline
-
-        params = _params(night)
-        summary = _deterministic(
-            pipeline.publish_night,
-            params["raw_root"],
-            params["products_root"],
-            night,
-            dict(params),
-            _astrometry_settings(params),
-            s3=_s3(params),
-        )
+        summary = _stage("publish_night", night, night)
         if summary["status"] != "success":
             raise AirflowFailException(f"night {night}: " + "; ".join(summary["problems"]))
         return summary

@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 2
 PRODUCT_FOLDERS = (MASTERS, COSMETIC, STACKED, REDUCED)
 PYTHON_PACKAGES = ("numpy", "astropy", "scipy", "pillow", "click")
-IMPORT_NAMES = {"pillow": "PIL"}
+VERSION_ATTRIBUTES = {"numpy": "numpy", "pillow": "PIL"}  # module names whose __version__ holds
 
 
 def write_record(layout: NightLayout, name: str, payload: dict[str, Any]) -> None:
@@ -72,7 +72,7 @@ def software_versions(tools: bool) -> dict[str, str]:
     imports astropy); the external programs' own version lines when the night used them."""
     found = {"ar_tasks": __version__, "python": platform.python_version()}
     for name in PYTHON_PACKAGES:
-        module = sys.modules.get(IMPORT_NAMES.get(name, name))
+        module = sys.modules.get(VERSION_ATTRIBUTES.get(name, ""))
         try:  # an imported module knows its version; metadata costs ~3 ms a package
             found[name] = getattr(module, "__version__", None) or version(name)
         except PackageNotFoundError:

@@ -59,11 +59,11 @@ def _setup(layout: NightLayout, working_copies: str | None) -> dict[str, Any]:
             f"`{layout.raw_dir}` is not a night folder: it has none of {', '.join(missing)}."
         )
     inventory = take_inventory(layout.raw_dir, previous=_previous_inventory(layout))
-    for name in missing:
-        inventory.warnings.insert(
-            0, f"Did not find folder {name} in `{layout.raw_dir.name}`: this night has no "
-            f"{name.lower()} frames of its own."
-        )  # fmt: skip
+    inventory.warnings[:0] = [
+        f"Did not find folder {name} in `{layout.raw_dir.name}`: this night has no "
+        f"{name.lower()} frames of its own."
+        for name in missing
+    ]
     for quarantined in inventory.quarantined:
         log.error("%s %s: left out.", quarantined.path, quarantined.reason)
     for warning in inventory.warnings:
