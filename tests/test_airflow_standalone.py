@@ -15,7 +15,7 @@ import pytest
 from ports import port_open
 from standalone import Standalone, request, run_script, session_members, standalone_instance
 
-pytestmark = pytest.mark.timeout(180)  # curl comes from packages.txt (make install)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.e2e]  # curl: packages.txt (make install)
 
 
 @pytest.fixture

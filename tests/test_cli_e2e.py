@@ -19,6 +19,8 @@ from truth_checks import (
     history_shifts,
 )
 
+pytestmark = pytest.mark.e2e  # the installed command on a full 1024² night
+
 
 def test_every_expected_product_exists(full_night):
     night, _ = full_night

@@ -48,7 +48,7 @@ SPEC = {
 GROUPS = 2
 CONF = {"png": False, "astrometry": "none"}  # the cheapest reduction
 
-pytestmark = pytest.mark.timeout(420)  # postgresql-15, redis-server, curl: make install
+pytestmark = [pytest.mark.timeout(420), pytest.mark.e2e]  # postgresql-15, redis-server, curl
 
 
 def proc_stat(pid: str) -> tuple[str, int, int] | None:

@@ -29,6 +29,7 @@ from ar_tasks.synthetic import NightSpec, load_truth, write_night
 
 NIGHTS = ["2023-05-10", "2023-05-11"]
 AIRFLOW = Path(sys.executable).with_name("airflow")
+pytestmark = pytest.mark.e2e  # dag.test() on an Airflow database: run apart with -m e2e
 
 
 @pytest.fixture(scope="session")
