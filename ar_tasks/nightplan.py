@@ -110,6 +110,14 @@ class NightRun:
     def record(self, name: str) -> dict[str, Any]:
         return self.records.setdefault(name, {})
 
+    def masters(self) -> dict[str, Any]:
+        """The masters' record, with its sections (a night may make no master at all)."""
+        record = self.record("masters")
+        for kind in ("darks", "interpolated", "flats"):
+            record.setdefault(kind, {})
+        record.setdefault("problems", [])
+        return record
+
     def failed(self, group: GroupKey) -> bool:
         return self.records.get(group_record(group), {}).get("status") == "failed"
 
@@ -193,13 +201,13 @@ class NightPlan:
                 )
             )
             makers.update({f"mdark_{e}": "interpolation" for e in missing})
-        else:
+        elif missing:
             self._add(PlanTask("missing darks", "masters", _no_darks(missing, bool(darks))))
         flats = inventory.flats_by_filter()
         needed = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
-        self._add(
-            PlanTask("missing flats", "masters", _no_flats([f for f in needed if f not in flats]))
-        )
+        if any(f not in flats for f in needed):
+            absent = [f for f in needed if f not in flats]
+            self._add(PlanTask("missing flats", "masters", _no_flats(absent)))
         for filter_name, frames in flats.items():
             exposures = sorted({f.exposure_ms for f in frames})
             name = f"flat {filter_name}"
@@ -375,7 +383,7 @@ def _guarded(task: PlanTask, night: NightRun) -> Callable[[], None]:
             except FAILURES as exc:
                 message = problem(str(exc))
                 if task.group is None:
-                    night.record("masters").setdefault("problems", []).append(message)
+                    night.masters()["problems"].append(message)
                 elif task.stage == "solve":
                     record = night.record(astrometry_record(task.group))
                     route = night.options.astrometry.route
@@ -389,17 +397,9 @@ def _guarded(task: PlanTask, night: NightRun) -> Callable[[], None]:
 # ---------------------------------------------------------------------- the tasks' bodies
 
 
-def _masters_record(night: NightRun) -> dict[str, Any]:
-    record = night.record("masters")
-    for kind in ("darks", "interpolated", "flats"):
-        record.setdefault(kind, {})
-    record.setdefault("problems", [])
-    return record
-
-
 def _master_dark(exposure: int, frames: list[Frame]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        record = _masters_record(night)
+        record = night.masters()
         try:
             qc = masters.make_master_dark(night.layout, exposure, frames, night.options.overwrite)
         except (FrameError, ValueError) as exc:
@@ -412,7 +412,7 @@ def _master_dark(exposure: int, frames: list[Frame]) -> Callable[[NightRun], Non
 
 def _interpolation(darks: dict[int, list[Frame]], missing: list[int]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        record = _masters_record(night)
+        record = night.masters()
         try:
             made = masters.make_interpolated_darks(
                 night.layout, darks, missing, night.options.overwrite
@@ -430,7 +430,7 @@ def _no_darks(missing: list[int], any_darks: bool) -> Callable[[NightRun], None]
     """Exposures that need a dark and will not get one: stale masters go, each is a problem."""
 
     def run(night: NightRun) -> None:
-        record = _masters_record(night)
+        record = night.masters()
         if missing and not any_darks:
             record["problems"].append(
                 problem("There are no dark files at all! Cannot calibrate or interpolate.")
@@ -450,7 +450,7 @@ def _no_darks(missing: list[int], any_darks: bool) -> Callable[[NightRun], None]
 
 def _no_flats(filters: list[str]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        record = _masters_record(night)
+        record = night.masters()
         for filter_name in filters:
             remove_stale(night.layout.master_flat(filter_name))
             record["problems"].append(
@@ -462,7 +462,7 @@ def _no_flats(filters: list[str]) -> Callable[[NightRun], None]:
 
 def _master_flat(filter_name: str, frames: list[Frame]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        record = _masters_record(night)
+        record = night.masters()
         try:
             qc = masters.make_master_flat(
                 night.layout, filter_name, frames, night.options.overwrite
@@ -480,7 +480,7 @@ def _master_previews(overwrite: bool) -> Callable[[NightRun], None]:
         done = previews.make_previews(
             night.layout, previews.master_sources(night.layout), overwrite
         )
-        _masters_record(night)["previews"] = done
+        night.masters()["previews"] = done
 
     return run
 

@@ -131,9 +131,7 @@ def prepare_night(
             log.info("Night %s: every product is current (night key and products): reused.", night)
             return {"night": night, "current": True, "groups": [], "solve": False}
         run = plan.run(plan.start(layout), ["masters"], jobs=default_jobs())
-        run.record("masters").update(
-            {"darks": {}, "interpolated": {}, "flats": {}, "problems": []} | run.record("masters")
-        )
+        run.masters()
         ready = []
         for group, frames in plan.groups().items():
             absent = calibrate.missing_masters(layout, group)
@@ -147,7 +145,7 @@ def prepare_night(
                 ready.append(
                     {"night": night, "group": asdict(group), "label": group_label(night, group)}
                 )
-        run.record("masters")["seconds"] = round(time.monotonic() - started, 3)
+        run.masters()["seconds"] = round(time.monotonic() - started, 3)
         for name, record in run.records.items():
             write_record(layout, name, record)
         return {
