@@ -328,7 +328,7 @@ def _root_of(products: str | None) -> str:
 
 def _headings(plan: NightPlan, stages: list[str]) -> None:
     """5.1.3's section headings, for the parts of the plan that run."""
-    names = {t.name.split(" ")[0] for t in plan.select(stages)}
+    names = {t.kind for t in plan.select(stages)}
     for word, heading in (
         ("dark", "Writing master dark images:"),
         ("interpolation", "Interpolating missing master dark images:"),

@@ -41,6 +41,20 @@ from .threads import Task, run_graph
 
 log = get_logger(__name__)
 STAGES = ("masters", "group", "solve")
+# The thread graph starts ready tasks in this order of kinds: what unlocks most work first
+# (every master, then every calibration, which unlock the stacks), the slow solves last.
+KIND_ORDER = (
+    "dark",
+    "interpolation",
+    "missing",
+    "flat",
+    "master",
+    "calibrate",
+    "register",
+    "combine",
+    "previews",
+    "solve",
+)
 FAILURES = (StepError, FrameError, ValueError, OSError)  # a task's own, recorded failures
 
 
@@ -96,6 +110,11 @@ class PlanTask:
     needs: tuple[str, ...] = ()
     reads: Reads = Reads()
     group: GroupKey | None = None
+
+    @property
+    def kind(self) -> str:
+        """The first word of the name: dark, flat, calibrate, register, solve..."""
+        return self.name.split(" ")[0]
 
 
 @dataclass
@@ -323,7 +342,7 @@ class NightPlan:
             for t in self.tasks.values()
             if t.stage in chosen
             and (group is None or t.group == group)
-            and (wanted is None or t.name.split(" ")[0] in wanted)
+            and (wanted is None or t.kind in wanted)
         ]
 
     def reads(self, stages: Iterable[str], group: GroupKey | None = None) -> Reads:
@@ -362,7 +381,10 @@ class NightPlan:
     ) -> NightRun:
         """Run the chosen tasks in the thread graph, each once the chosen tasks it needs are
         done (needs outside the choice were met by an earlier stage)."""
-        chosen = {t.name: t for t in self.select(stages, group, kinds)}
+        ordered = sorted(
+            self.select(stages, group, kinds), key=lambda t: KIND_ORDER.index(t.kind)
+        )  # stable: within a kind, the plan's order
+        chosen = {t.name: t for t in ordered}
         graph: dict[str, Task] = {}
         for task in chosen.values():
             needs = tuple(n for n in task.needs if n in chosen)
