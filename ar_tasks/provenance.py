@@ -15,6 +15,7 @@ import functools
 import hashlib
 import inspect
 import json
+import linecache
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,29 @@ def code_identity(*parts: Any) -> str:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(f"{getattr(part, '__qualname__', part.__name__)}\n".encode())
-        digest.update(inspect.getsource(part).encode())
+        digest.update(_source(part).encode())
     return digest.hexdigest()
+
+
+def _source(part: Any) -> str:
+    """The source text of a module, class or function. Functions are cut from their file by
+    their code's line span (inspect.getsource tokenises, and searches sys.modules: 20 ms for a
+    night's recipes, against 1 ms)."""
+    if inspect.ismodule(part):
+        return Path(part.__file__).read_text(encoding="utf-8")
+    code = getattr(part, "__code__", None)
+    if code is None:  # a class
+        return inspect.getsource(part)
+    linecache.checkcache(code.co_filename)
+    lines = linecache.getlines(code.co_filename)
+    return "".join(lines[code.co_firstlineno - 1 : _last_line(code)])
+
+
+def _last_line(code: Any) -> int:
+    """The last source line of a code object and of the functions defined inside it."""
+    ends = [end for _, end, _, _ in code.co_positions() if end]
+    ends += [_last_line(const) for const in code.co_consts if inspect.iscode(const)]
+    return max(ends, default=code.co_firstlineno)
 
 
 def constants(module: Any, names: tuple[str, ...]) -> dict[str, Any]:

@@ -49,3 +49,23 @@ def test_a_damaged_product_is_not_current(tmp_path):
     damaged[-200] ^= 0xFF  # one flipped byte in the data: the key still matches
     path.write_bytes(bytes(damaged))
     assert not is_current(path, "k")
+
+
+def test_source_cut_by_line_span_is_inspects_source():
+    """code_identity reads a function's source from its code's line span: the same text as
+    inspect.getsource (nested functions, decorators, multi-line calls included)."""
+    import inspect
+
+    from ar_tasks import masters, registration
+    from ar_tasks.provenance import _source
+    from ar_tasks.steps import calibrate, stack
+    from ar_tasks.steps import masters as master_step
+
+    functions = [
+        masters.finish_flat, masters.fit_dark_model, registration.shift_image,
+        stack.combine_group, stack.register_group, calibrate.calibrate_group,
+        master_step.make_master_flat, master_step.make_interpolated_darks, provenance.code_identity,
+    ]  # fmt: skip
+    for function in functions:
+        assert _source(function).rstrip() == inspect.getsource(function).rstrip(), function
+    assert _source(masters) == inspect.getsource(masters)
