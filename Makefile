@@ -12,7 +12,7 @@ DEMO_CONF = {"first_night": "2023-05-10", "last_night": "2023-05-11", \
   "raw_root": "$(DEMO_ROOT)/raw", "products_root": "$(DEMO_ROOT)/products", \
   "astrometry": "astromatic", "refcat": "$(DEMO_ROOT)/refcat.fits"}
 
-.PHONY: install debian venv bytecode demo demo-s3 demo-cli airflow-init airflow airflow-stop cluster-up cluster-down test lint lock clean bench
+.PHONY: install debian venv bytecode demo demo-s3 demo-cli airflow-init airflow airflow-stop cluster-up cluster-down test lint lock clean bench bench-cluster
 
 install: debian venv
 
@@ -109,6 +109,14 @@ bench: install
 	$(MAKE) --no-print-directory debian PACKAGE_LIST=bench/packages.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.report
+
+# The DAG at archive scale: a 12-night 1024² backfill on the native Celery cluster, then its
+# rerun, beside the CLI on the same nights (bench/results/cluster_backfill.json; 4 minutes on
+# 2 cores at 556b005). BENCH_CLUSTER_ARGS=--write-benchmarks also writes the row "after" of its
+# table in BENCHMARKS.md; --source worktree measures uncommitted code (default: HEAD's snapshot).
+BENCH_CLUSTER_ARGS ?=
+bench-cluster: install
+	$(BIN)/python -m bench.cluster_backfill $(BENCH_CLUSTER_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .airflow .pytest_cache .ruff_cache build *.egg-info bench/work bench/results
