@@ -10,6 +10,7 @@ than submitted twice.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -21,10 +22,10 @@ import numpy as np
 
 from .anet_local import HINT_RADIUS_DEG, SCALE_TOLERANCE
 from .lazy_import import fits
-from .logs import VERBOSE, get_logger
+from .logs import VERBOSE
 from .wcs_headers import celestial
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 API_KEY_ENV = "AR_ASTROMETRY_NET_API_KEY"
 SERVER_ENV = "AR_ASTROMETRY_NET_URL"

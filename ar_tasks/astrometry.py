@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import os
 import shutil
@@ -31,7 +32,7 @@ from .camera import HeaderError
 from .fitsio import read_product, set_card, sha256_file, write_image
 from .layout import ASTROMATIC_FOLDERS, REDUCED
 from .lazy_import import fits
-from .logs import VERBOSE, get_logger
+from .logs import VERBOSE
 from .provenance import KEY_KEYWORD, code_identity, input_key, is_current, product_key, stamp
 from .wcs_headers import (
     header_pointing,
@@ -49,7 +50,7 @@ POSITION_MAXERR_DEG = 0.1  # SCAMP's POSITION_MAXERR (6') in t120.scamp
 SCRATCH_PREFIX = ".ar_astro_"
 REFCAT_ENV, REFCAT_CACHE_ENV = "AR_REFCAT", "AR_REFCAT_CACHE"
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 class UnusableSolution(ValueError):

@@ -24,14 +24,14 @@ from . import __version__, nightplan, pipeline
 from .astrometry import AstrometryOptions
 from .inventory import Inventory
 from .layout import NightLayout
-from .logs import ROOT, VERBOSE, ContextFilter, get_logger
+from .logs import ROOT, VERBOSE, ContextFilter
 from .nightplan import NightPlan, ReductionOptions
 from .steps import StepError, clear_night, load_inventory, publish, remove_temporaries, setup_night
 from .storage import StorageError, is_s3
 from .threads import default_jobs
 from .workspace import night_workspace
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 LOG_FILE = "astro_reduce.log"
 OPTION_ORDER = (
@@ -70,36 +70,35 @@ ASTROMETRY_SETTINGS = {
 class CliHandler(logging.Handler):
     """Turns the library's log records into astro_reduce 5.1.3's console lines (E:/W: prefixes,
     colours; VERBOSE lines only with -v), counts the errors, and mirrors every line it prints
-    into `astro_reduce.log` with a time stamp."""
+    into `astro_reduce.log` with a time stamp and the group it is about (the night's tasks run
+    in threads, so their lines interleave)."""
 
     def __init__(self, verbose: bool, log_path: Path | None = None):
         super().__init__(level=VERBOSE if verbose else logging.INFO)
-        self.verbose = verbose
         self.errors: list[str] = []
-        self.warnings: list[str] = []
         self._log_path = log_path
         self.addFilter(ContextFilter())
 
     def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
         message = record.getMessage()
+        where = getattr(record, "where", "")
         if record.levelno >= logging.ERROR:
             self.errors.append(message)
-            self._print("E: " + message, fg="red", err=True)
+            self._print("E: " + message, where, fg="red", err=True)
         elif record.levelno >= logging.WARNING:
-            self.warnings.append(message)
-            self._print("W: " + message, fg="magenta")
+            self._print("W: " + message, where, fg="magenta")
         elif record.levelno >= logging.INFO:
-            self._print(message, fg="green")
+            self._print(message, where, fg="green")
         else:
-            self._print(message)
+            self._print(message, where)
 
-    def _print(self, text: str, fg: str | None = None, err: bool = False) -> None:
+    def _print(self, text: str, where: str, fg: str | None = None, err: bool = False) -> None:
         click.secho(text, fg=fg, err=err)
         if self._log_path is not None:
             stamp = dt.datetime.now().isoformat(timespec="seconds")
             try:
                 with open(self._log_path, "a", encoding="utf-8") as log_file:
-                    log_file.write(f"{stamp} {text}\n")
+                    log_file.write(f"{stamp} {where}{text}\n")
             except OSError:
                 self._log_path = None
 
@@ -292,8 +291,7 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
     stages = ["solve"] if options["astrometryonly"] else list(nightplan.STAGES)
     _headings(plan, stages)
     run = plan.run(plan.start(layout), stages, jobs=options["jobs"] or default_jobs())
-    for name, record in run.records.items():
-        publish.write_record(layout, name, record)
+    run.save()
     if "group" in stages and reduction.stack_png:
         log.info("Writing PNG versions of stacked images... Done.")
     if "group" in stages and reduction.aux_png:
@@ -307,16 +305,10 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
                 if solved[s]
             )
             log.info("  %s: %s.", group.name, counts)
-    products_root = options["products"] or options["raw"]
-    manifest = publish.build_manifest(
-        layout,
-        layout.name,
-        {name: options[name] for name in sorted(options)},
-        label or str(layout.raw_dir),
-        pipeline.night_products(layout, _root_of(products_root), "", None),
-        night_key=plan.night_key(),
-        recipes=nightplan.recipes(),
-        astrometry_mode=astro.route or None,
+    products = pipeline.night_products(layout, _root_of(options["products"]), "", None)
+    parameters = {name: options[name] for name in sorted(options)}
+    manifest = plan.manifest(
+        layout, layout.name, parameters, label or str(layout.raw_dir), products
     )
     publish.write_manifest(layout, manifest)
 

@@ -23,14 +23,9 @@ _context: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.Cont
 )
 
 
-def get_logger(name: str) -> logging.Logger:
-    """The logger of an ar_tasks module (a child of `ar_tasks`, whatever `name` says)."""
-    return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
-
-
 @contextmanager
 def log_context(**fields: str) -> Iterator[None]:
-    """Attach `night`, `group` or `frame` to every record logged inside the block."""
+    """Attach `night` and `group` to every record logged inside the block."""
     merged = {**dict(_context.get()), **{k: v for k, v in fields.items() if v}}
     token = _context.set(tuple(merged.items()))
     try:
@@ -45,12 +40,12 @@ def current_context() -> dict[str, str]:
 
 class ContextFilter(logging.Filter):
     """A handler filter (a logger's filters do not reach its children) that copies the
-    context onto each record (`record.night`, `record.group`, `record.frame`) with a readable
-    prefix `record.where` ("2023-05-10 M-67_V_60000: " or "")."""
+    context onto each record (`record.night`, `record.group`) with a readable prefix
+    `record.where` ("2023-05-10 M-67_V_60000: " or "")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = current_context()
-        for name in ("night", "group", "frame"):
+        for name in ("night", "group"):
             setattr(record, name, fields.get(name, ""))
         where = " ".join(fields[n] for n in ("night", "group") if n in fields)
         record.where = f"{where}: " if where else ""

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import __version__, camera
@@ -34,12 +36,13 @@ from .astrometry import AstrometryOptions
 from .fitsio import FrameError
 from .inventory import Frame, GroupKey, Inventory
 from .layout import ASTROMATIC_FOLDERS, COSMETIC, MASTERS, REDUCED, STACKED, NightLayout
-from .logs import get_logger, log_context
+from .logs import log_context
 from .steps import calibrate, masters, previews, solve, stack
 from .steps.common import StepError, problem, remove_stale
+from .steps.publish import build_manifest, write_record
 from .threads import Task, run_graph
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 STAGES = ("masters", "group", "solve")
 # The thread graph starts ready tasks in this order of kinds: what unlocks most work first
 # (every master, then every calibration, which unlock the stacks), the slow solves last.
@@ -137,8 +140,19 @@ class NightRun:
         record.setdefault("problems", [])
         return record
 
+    def group(self, group: GroupKey, frames: list[Frame]) -> dict[str, Any]:
+        """A group's record, naming the group and its frames."""
+        record = self.record(group_record(group))
+        record.update(group=group.name, label=group.label, frames=[f.path for f in frames])
+        return record
+
     def failed(self, group: GroupKey) -> bool:
         return self.records.get(group_record(group), {}).get("status") == "failed"
+
+    def save(self) -> None:
+        """Write every record of this run in the night's ar_qc/ (what publish gathers)."""
+        for name, record in self.records.items():
+            write_record(self.layout, name, record)
 
 
 def recipes() -> dict[str, dict[str, Any]]:
@@ -250,7 +264,7 @@ class NightPlan:
                 PlanTask(
                     "master previews",
                     "masters",
-                    _master_previews(options.overwrite),
+                    _master_previews,
                     needs=tuple(sorted(set(makers.values()))),
                     reads=Reads((), (f"{MASTERS}/*",)),
                 )
@@ -308,7 +322,7 @@ class NightPlan:
                 PlanTask(
                     f"previews {group.name}",
                     "group",
-                    _group_previews(group, frames, options),
+                    _group_previews(group, frames),
                     (last,),
                     Reads((), cosmetic),
                     group,
@@ -320,7 +334,7 @@ class NightPlan:
                 PlanTask(
                     f"solve {group.name}",
                     "solve",
-                    _solve(group, frames, options),
+                    _solve(group, frames),
                     (last,),
                     Reads((), results),
                     group,
@@ -368,6 +382,39 @@ class NightPlan:
 
     def start(self, layout: NightLayout) -> NightRun:
         return NightRun(layout, self.options)
+
+    def manifest(
+        self,
+        layout: NightLayout,
+        night: str,
+        parameters: dict[str, Any],
+        raw_dir: str,
+        products: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The night's manifest from its records, with this plan's key, recipes and route."""
+        return build_manifest(
+            layout,
+            night,
+            parameters,
+            raw_dir,
+            products,
+            night_key=self.night_key(),
+            recipes=recipes(),
+            astrometry_mode=self.options.astrometry.route or None,
+        )
+
+    def ready_groups(self, night: NightRun) -> list[GroupKey]:
+        """The groups whose master dark and flat exist. Each other group is failed now, with
+        the record its calibrate task would write (the DAG maps no task for it)."""
+        ready = []
+        for group, frames in self.groups().items():
+            absent = calibrate.missing_masters(night.layout, group)
+            if absent:
+                message = problem(calibrate.missing_masters_message(group, absent))
+                night.group(group, frames).update(status="failed", error=message)
+            else:
+                ready.append(group)
+        return ready
 
     # ------------------------------------------------------------------ running
 
@@ -419,17 +466,31 @@ def _guarded(task: PlanTask, night: NightRun) -> Callable[[], None]:
 # ---------------------------------------------------------------------- the tasks' bodies
 
 
-def _master_dark(exposure: int, frames: list[Frame]) -> Callable[[NightRun], None]:
+def _master(
+    section: str, name: str, label: str, path: Callable[[NightLayout], Path], make: Callable
+) -> Callable[[NightRun], None]:
+    """A master task: `make(layout, name, overwrite)` writes it and returns its QC record, filed
+    under `section` of the masters' record; a failure removes any stale master of that name."""
+
     def run(night: NightRun) -> None:
-        record = night.masters()
         try:
-            qc = masters.make_master_dark(night.layout, exposure, frames, night.options.overwrite)
-        except (FrameError, ValueError) as exc:
-            remove_stale(night.layout.master_dark(exposure))
-            raise StepError(f"Master dark {exposure} ms: {exc}") from None
-        record["darks"][str(exposure)] = qc
+            qc = make(night.layout, night.options.overwrite)
+        except (StepError, FrameError, ValueError) as exc:
+            remove_stale(path(night.layout))
+            raise StepError(f"{label}: {exc}") from None
+        night.masters()[section][name] = qc
 
     return run
+
+
+def _master_dark(exposure: int, frames: list[Frame]) -> Callable[[NightRun], None]:
+    return _master(
+        "darks",
+        str(exposure),
+        f"Master dark {exposure} ms",
+        lambda layout: layout.master_dark(exposure),
+        lambda layout, overwrite: masters.make_master_dark(layout, exposure, frames, overwrite),
+    )
 
 
 def _interpolation(darks: dict[int, list[Frame]], missing: list[int]) -> Callable[[NightRun], None]:
@@ -483,34 +544,25 @@ def _no_flats(filters: list[str]) -> Callable[[NightRun], None]:
 
 
 def _master_flat(filter_name: str, frames: list[Frame]) -> Callable[[NightRun], None]:
-    def run(night: NightRun) -> None:
-        record = night.masters()
-        try:
-            qc = masters.make_master_flat(
-                night.layout, filter_name, frames, night.options.overwrite
-            )
-        except (StepError, FrameError, ValueError) as exc:
-            remove_stale(night.layout.master_flat(filter_name))
-            raise StepError(f"Master flat {filter_name}: {exc}") from None
-        record["flats"][filter_name] = qc
-
-    return run
+    return _master(
+        "flats",
+        filter_name,
+        f"Master flat {filter_name}",
+        lambda layout: layout.master_flat(filter_name),
+        lambda layout, overwrite: masters.make_master_flat(layout, filter_name, frames, overwrite),
+    )
 
 
-def _master_previews(overwrite: bool) -> Callable[[NightRun], None]:
-    def run(night: NightRun) -> None:
-        done = previews.make_previews(
-            night.layout, previews.master_sources(night.layout), overwrite
-        )
-        night.masters()["previews"] = done
-
-    return run
+def _master_previews(night: NightRun) -> None:
+    sources = previews.master_sources(night.layout)
+    night.masters()["previews"] = previews.make_previews(
+        night.layout, sources, night.options.overwrite
+    )
 
 
 def _calibrate(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        record = night.record(group_record(group))
-        record.update(group=group.name, label=group.label, frames=[f.path for f in frames])
+        record = night.group(group, frames)
         record.update(
             calibrate.calibrate_group(night.layout, group, frames, night.options.overwrite)
         )
@@ -535,11 +587,9 @@ def _combine(group: GroupKey) -> Callable[[NightRun], None]:
     return run
 
 
-def _group_previews(
-    group: GroupKey, frames: list[Frame], options: ReductionOptions
-) -> Callable[[NightRun], None]:
+def _group_previews(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        layout = night.layout
+        layout, options = night.layout, night.options
         sources = [layout.aux(f) for f in frames] if options.aux_png else []
         sources += [layout.stack(group)] if options.stack_png and options.stack else []
         done = previews.make_previews(layout, sources, options.overwrite)
@@ -548,10 +598,9 @@ def _group_previews(
     return run
 
 
-def _solve(
-    group: GroupKey, frames: list[Frame], options: ReductionOptions
-) -> Callable[[NightRun], None]:
+def _solve(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
+        options = night.options
         result = solve.solve_group(
             night.layout, group, frames, options.astrometry, options.stack, options.astrometry_jobs
         )

@@ -13,32 +13,31 @@ network) may be transient and keep their retries.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import camera
 from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
-from .fitsio import FrameError
 from .inventory import GroupKey, Inventory
 from .layout import COSMETIC, INVENTORY_FILE, MASTERS, STACKED, NightLayout
-from .logs import get_logger, log_context
-from .nightplan import NightPlan, ReductionOptions, astrometry_record, group_record, recipes
-from .steps import calibrate, publish
+from .logs import log_context
+from .nightplan import NightPlan, ReductionOptions, astrometry_record, group_record
+from .steps import publish
 from .steps.common import StepError
-from .steps.publish import QC_FOLDER, local_products, write_record
+from .steps.publish import QC_FOLDER, local_products
 from .steps.setup import load_inventory, setup_night
 from .storage import KEY_METADATA, SHA_METADATA, S3Settings, S3Store, is_s3, join, split_s3
 from .threads import default_jobs
 from .workspace import night_workspace
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 JOBS_ENV = "AR_ASTROMETRY_JOBS"  # images one astrometry task solves at once (default 1)
-DETERMINISTIC = (StepError, ValueError, FrameError, camera.HeaderError, ConfigError)
-MANIFEST = publish.MANIFEST
+# ValueError covers bad params and unreadable frames or headers (FrameError, HeaderError).
+DETERMINISTIC = (StepError, ValueError, ConfigError)
 
 
 def check_roots(raw_root: str, products_root: str, s3: dict[str, str] | None = None) -> None:
@@ -131,23 +130,12 @@ def prepare_night(
             log.info("Night %s: every product is current (night key and products): reused.", night)
             return {"night": night, "current": True, "groups": [], "solve": False}
         run = plan.run(plan.start(layout), ["masters"], jobs=default_jobs())
-        run.masters()
-        ready = []
-        for group, frames in plan.groups().items():
-            absent = calibrate.missing_masters(layout, group)
-            if absent:  # the same record the CLI's calibrate task writes for it
-                message = calibrate.missing_masters_message(group, absent)
-                log.error("%s", message)
-                record = run.record(group_record(group))
-                record.update(group=group.name, label=group.label, frames=[f.path for f in frames])
-                record.update(status="failed", error=message)
-            else:
-                ready.append(
-                    {"night": night, "group": asdict(group), "label": group_label(night, group)}
-                )
         run.masters()["seconds"] = round(time.monotonic() - started, 3)
-        for name, record in run.records.items():
-            write_record(layout, name, record)
+        ready = [
+            {"night": night, "group": asdict(group), "label": group_label(night, group)}
+            for group in plan.ready_groups(run)
+        ]
+        run.save()
         return {
             "night": night,
             "current": False,
@@ -249,7 +237,7 @@ def _run_group_stage(
         run = plan.run(plan.start(layout), [stage], group, jobs=default_jobs())
         record = run.record(name)
         record["seconds"] = round(time.monotonic() - started, 3)
-        write_record(layout, name, record)
+        run.save()
     if record.get("status") == "failed":
         raise StepError(f"{group.name}: {record.get('error')}")
     return record
@@ -272,8 +260,11 @@ def publish_night(
             raw_root, products_root, night, s3, raw_files=[], products=[f"{QC_FOLDER}/*"]
         ) as layout,
     ):
-        night_key = ""
-        if layout.inventory_file.is_file():
+        raw_dir = join(raw_root, night)
+        if not layout.inventory_file.is_file():  # the setup failed: the manifest says why
+            products = night_products(layout, products_root, night, s3)
+            manifest = publish.build_manifest(layout, night, params, raw_dir, products)
+        else:
             plan = NightPlan.build(load_inventory(layout), options)
             if not options.overwrite and _all_current(layout, plan, products_root, night, s3):
                 manifest = publish.read_manifest(layout) or {}
@@ -281,17 +272,8 @@ def publish_night(
                     manifest["recomputed"] = []
                     publish.write_manifest(layout, manifest)
                 return publish.summary(manifest)
-            night_key = plan.night_key()
-        manifest = publish.build_manifest(
-            layout,
-            night,
-            params,
-            join(raw_root, night),
-            night_products(layout, products_root, night, s3),
-            night_key=night_key,
-            recipes=recipes(),
-            astrometry_mode=options.astrometry.route or None,
-        )
+            products = night_products(layout, products_root, night, s3)
+            manifest = plan.manifest(layout, night, params, raw_dir, products)
         publish.write_manifest(layout, manifest)
         return publish.summary(manifest)
 
@@ -306,13 +288,7 @@ def night_products(
     """Every FITS product of the night with its SHA-256, size and provenance key (in S3: from
     the metadata recorded at upload, without downloading the products)."""
     if not products_root or not is_s3(products_root):
-        if not sha:
-            return [
-                {"path": str(p.relative_to(layout.out_dir)), "bytes": p.stat().st_size}
-                for name in publish.PRODUCT_FOLDERS
-                for p in sorted((layout.out_dir / name).glob("*.fits"))
-            ]
-        return local_products(layout)
+        return local_products(layout, sha)
     store = S3Store(S3Settings(**(s3 or {})))
     url = join(products_root, night)
     entries = []

@@ -32,7 +32,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import socket
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.harness import Command, run_sequence
+from bench.harness import Command, machine_facts, proc_stats, run_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -274,16 +273,9 @@ class ProcSampler(threading.Thread):
 
     def sample(self) -> None:
         stats: dict[tuple[str, int], tuple[int, int, str, str]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                    fields = handle.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
+        for pid, fields in proc_stats():
             own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
-            key = (entry.name, int(fields[19]))
+            key = (pid, int(fields[19]))
             stats[key] = (own, reaped, fields[1].decode(), fields[3].decode())
         # First the processes gone since the last sample: their parent's cutime holds what was
         # already counted of them (even in this very sample).
@@ -330,21 +322,6 @@ def machine_window(start: dict[str, int], end: dict[str, int]) -> dict[str, floa
     return {
         key: round((end[key] - start[key]) / total, 3) for key in ("busy", "cluster", "others")
     } | {"bench": round((end["bench"] - start["bench"]) / total, 4)}
-
-
-def about_machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((li.split(":", 1)[1].strip() for li in cpuinfo if li.startswith("model name")), "")
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    memory_kb = next(int(li.split()[1]) for li in meminfo if li.startswith("MemTotal"))
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory_kb / 2**20, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1017,7 +994,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tree, code = source_tree(args.source, work)
     env = code_env(tree)
     results: dict[str, Any] = {
-        "machine": about_machine(),
+        "machine": machine_facts(),
         "code": code,
         "plan": plan,
         "size": args.size,

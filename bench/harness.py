@@ -8,16 +8,20 @@ short-lived to be sampled).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
+import platform
 import resource
 import signal
 import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_INTERVAL_S = 0.01
@@ -46,21 +50,46 @@ class CommandFailed(RuntimeError):
     """A measured command exited with a non-zero status."""
 
 
-def _tree_rss_bytes(session: int) -> int:
-    """Sum of the resident sets of every process of a session (the command's process tree)."""
-    total = 0
+def proc_stats() -> Iterator[tuple[str, list[bytes]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name) of every live process; field
+    0 is the state (stat field 3), so stat field n is fields[n - 3]."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            # fields[0] is the state (stat field 3); session is field 6, rss (pages) field 24.
-            if int(fields[3]) == session:
-                total += int(fields[21]) * PAGE_BYTES
-        except (OSError, IndexError, ValueError):
+                yield entry.name, handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
             continue
+
+
+def _tree_rss_bytes(session: int) -> int:
+    """Sum of the resident sets of every process of a session (the command's process tree)."""
+    total = 0
+    for _, fields in proc_stats():
+        with contextlib.suppress(IndexError, ValueError):
+            if int(fields[3]) == session:  # session is stat field 6, rss (pages) field 24
+                total += int(fields[21]) * PAGE_BYTES
     return total
+
+
+def machine_facts() -> dict[str, Any]:
+    """The machine and the date, for BENCHMARKS.md."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+        platform.processor(),
+    )
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    memory_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def run_measured(command: Command, log: Path | None = None, settle: bool = True) -> Sample:

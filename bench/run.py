@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ar513, floor, iraf
-from bench.harness import Command, Sample, Summary, run_measured, run_sequence
+from bench.harness import Command, Sample, Summary, machine_facts, run_measured, run_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -251,24 +250,11 @@ def _median_steps(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    """The machine and the date, for BENCHMARKS.md."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-        platform.processor(),
-    )
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    memory_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    """The machine, the date, IRAF's version and the commit, for BENCHMARKS.md."""
     iraf_version = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", "iraf"], capture_output=True, text=True
     ).stdout
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory_kb / 2**20, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
+    return machine_facts() | {
         "iraf": iraf_version or "not installed",
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .. import calibration
 from ..fitsio import FrameError, product_header, read_product, set_card, write_image
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
-from ..logs import VERBOSE, get_logger
+from ..logs import VERBOSE
 from ..provenance import code_identity, input_key, product_key, reuse_or_make, stamp
 from .common import FITS_WRITING, StepError, problem, read_raw, relative, set_type
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 def missing_masters(layout: NightLayout, group: GroupKey) -> list[str]:

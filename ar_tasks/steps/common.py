@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .. import fitschecksum, fitsheader
@@ -17,10 +18,10 @@ from ..fitsio import (
 )
 from ..inventory import Frame
 from ..layout import NightLayout
-from ..logs import VERBOSE, get_logger
+from ..logs import VERBOSE
 from ..previews import png_path
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 # The code that turns an array and a header into a product file: part of every product's key.
 FITS_WRITING = (write_image, _image_header, product_header, set_card, fitsheader, fitschecksum)

@@ -7,6 +7,8 @@ holds. Its QC figures are header cards, so a reused master's record says what a 
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,14 +17,14 @@ from .. import combine
 from .. import masters as algorithms
 from ..combine import median_noise_factor
 from ..fitsheader import Header
-from ..fitsio import product_header, read_header, read_product, write_image
+from ..fitsio import frame_header, product_header, read_header, read_product, write_image
 from ..inventory import Frame
 from ..layout import NightLayout
-from ..logs import VERBOSE, get_logger
+from ..logs import VERBOSE
 from ..provenance import code_identity, constants, input_key, product_key, reuse_or_make, stamp
 from .common import FITS_WRITING, StepError, add_inputs, read_raw, relative, set_type
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 FLAT_CONSTANTS = ("FLAT_MIN_RESPONSE", "LEVEL_SUBSAMPLE", "LEVEL_SUBSAMPLE_MIN_SIZE")
 
 
@@ -69,42 +71,43 @@ def make_master_dark(
 ) -> dict[str, Any]:
     """ar_masters/mdark_<ms>.fits: the median of the night's darks of one exposure."""
     path = layout.master_dark(exposure)
+    key = dark_key(exposure, frames)
 
     def make() -> None:
-        first: list[np.ndarray] = []
-        headers: list[Header] = []
+        first: list[np.ndarray] = []  # the first two darks, for the noise of one dark
 
         def darks() -> Any:
             for frame in frames:
-                raw = read_raw(layout, frame)
-                if not headers:
-                    headers.append(raw.header)
+                data = read_raw(layout, frame).data
                 if len(first) < 2:
-                    first.append(raw.data)
-                yield raw.data
+                    first.append(data)
+                yield data
 
         data = algorithms.master_dark(darks(), copy=False)
-        noise = algorithms.pair_noise(*first) if len(first) == 2 else float("nan")
-        header = product_header(headers[0])
+        header = product_header(frame_header(layout.raw(frames[0])))
         header["FILTER"] = " " * 8
         set_type(header, "Dark", exposure, "DARK")
         add_inputs(header, frames)
+        noise = algorithms.pair_noise(*first) if len(first) == 2 else float("nan")
         if np.isfinite(noise):
             header["QCFNOISE"] = (round(noise, 4), "[ADU] noise of one input dark")
             master_noise = noise * median_noise_factor(len(frames))
             header["QCNOISE"] = (round(master_noise, 4), "[ADU] expected noise of the master")
-        write_image(path, data, stamp(header, dark_key(exposure, frames)))
+        write_image(path, data, stamp(header, key))
 
-    reused = reuse_or_make(path, dark_key(exposure, frames), make, overwrite)
+    reused = reuse_or_make(path, key, make, overwrite)
     log.log(VERBOSE, "    %s ms...    Done (%s images).", exposure, len(frames))
+    return _record(layout, path, frames, reused, frame_noise_adu="QCFNOISE", noise_adu="QCNOISE")
+
+
+def _record(
+    layout: NightLayout, path: Path, frames: list[Frame], reused: bool, **cards: str
+) -> dict[str, Any]:
+    """A master's QC record; its figures (`cards`: record field -> header keyword) are read
+    from its header, so a reused master's record says what a new one's would."""
     header = read_header(path)
-    return {
-        "frames": len(frames),
-        "file": relative(layout, path),
-        "reused": reused,
-        "frame_noise_adu": header.get("QCFNOISE"),
-        "noise_adu": header.get("QCNOISE"),
-    }
+    record = {"frames": len(frames), "file": relative(layout, path), "reused": reused}
+    return record | {name: header.get(card) for name, card in cards.items()}
 
 
 def make_interpolated_darks(
@@ -184,25 +187,19 @@ def make_master_flat(
 
     def make() -> None:
         darks: dict[int, np.ndarray] = {}
-        headers: list[Header] = []
 
         def normalised() -> Any:
             for frame in frames:
-                raw = read_raw(layout, frame)
-                if not headers:
-                    headers.append(raw.header)
-                if frame.exposure_ms not in darks:
-                    darks[frame.exposure_ms] = read_product(layout.master_dark(frame.exposure_ms))[
-                        0
-                    ]
-                flat, level = algorithms.normalise_flat(
-                    raw.data, darks[frame.exposure_ms], raw.data
-                )
+                exposure = frame.exposure_ms
+                if exposure not in darks:
+                    darks[exposure] = read_product(layout.master_dark(exposure))[0]
+                raw = read_raw(layout, frame).data
+                flat, level = algorithms.normalise_flat(raw, darks[exposure], raw)
                 levels.append(level)
                 yield flat
 
         data, undefined = algorithms.master_flat(normalised(), copy=False)
-        header = product_header(headers[0])
+        header = product_header(frame_header(layout.raw(frames[0])))
         header["FILTER"] = filter_name
         set_type(header, "Flat Field", -1000, "FLAT")
         add_inputs(header, frames)
@@ -213,14 +210,10 @@ def make_master_flat(
 
     reused = reuse_or_make(path, key, make, overwrite)
     log.log(VERBOSE, "    %s...   Done (%s images).", filter_name, len(frames))
-    header = read_header(path)
-    record: dict[str, Any] = {
-        "frames": len(frames),
-        "file": relative(layout, path),
-        "reused": reused,
-        "undefined_pixels": header.get("ARFLBAD"),
-        "level_range_adu": [header.get("QCLEVMIN"), header.get("QCLEVMAX")],
-    }
-    if levels:
+    record = _record(
+        layout, path, frames, reused, undefined_pixels="ARFLBAD",
+        level_min_adu="QCLEVMIN", level_max_adu="QCLEVMAX",
+    )  # fmt: skip
+    if levels:  # made now: each input's level
         record["levels_adu"] = [round(v, 1) for v in levels]
     return record

@@ -49,22 +49,22 @@ def read_manifest(layout: NightLayout) -> dict[str, Any] | None:
         return None
 
 
-def local_products(layout: NightLayout) -> list[dict[str, Any]]:
-    """Every FITS product of a local night folder with its SHA-256, size and provenance key
-    (hashed in threads: hashing releases the GIL, and a night's products are ~0.3 GB)."""
+def local_products(layout: NightLayout, sha: bool = True) -> list[dict[str, Any]]:
+    """Every FITS product of a local night folder with its size, and (`sha`) its SHA-256 and
+    provenance key. Hashed in threads: hashing releases the GIL (the 38 products of a 1024²
+    night of 61 frames, 0.15 GB, took 0.12 s of SHA-256 on one core)."""
     paths = [
         path for name in PRODUCT_FOLDERS for path in sorted((layout.out_dir / name).glob("*.fits"))
     ]
 
     def entry(path: Path) -> dict[str, Any]:
-        return {
-            "path": str(path.relative_to(layout.out_dir)),
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-            "key": stored_key(path) or "",
-        }
+        found: dict[str, Any] = {"path": str(path.relative_to(layout.out_dir))}
+        if sha:
+            found.update(sha256=sha256_file(path), key=stored_key(path) or "")
+        found["bytes"] = path.stat().st_size
+        return found
 
-    return run_each(entry, paths, default_jobs())
+    return run_each(entry, paths, default_jobs() if sha else 1)
 
 
 def software_versions(tools: bool) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,12 +16,12 @@ from .. import astrometry
 from ..fitsio import write_bytes_atomic
 from ..inventory import Frame, Inventory, take_inventory
 from ..layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
-from ..logs import VERBOSE, get_logger
+from ..logs import VERBOSE
 from ..threads import default_jobs, run_each
 from .common import StepError
-from .publish import write_record
+from .publish import MANIFEST, QC_FOLDER, write_record
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 TEMPORARY_MAX_AGE = 600.0  # s: older temporary files were left by killed writers
 SCRATCH_MAX_AGE = 6 * 3600.0  # s: an astrometry scratch folder may wait on a slow web service
 FRAME_FOLDERS = ("DARK", "FLAT", "ORIGINAL")
@@ -193,7 +194,7 @@ def clear_night(layout: NightLayout, everything: bool = False) -> list[str]:
         *WORKING_FOLDERS.values(),
     ]
     names += [layout.masters.name, layout.cosmetic.name, *ASTROMATIC_FOLDERS]
-    names += ["ar_qc", "manifest.json"]
+    names += [QC_FOLDER, MANIFEST]
     if everything:
         names += [REDUCED, layout.stacked.name]
     removed = []

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from .. import astrometry
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
-from ..logs import VERBOSE, get_logger
+from ..logs import VERBOSE
 from ..threads import run_each
 from .common import StepError, problem
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 def astrometry_images(

@@ -8,6 +8,7 @@ not only messages.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,11 @@ from ..combine import FrameStack, median_of
 from ..fitsio import frame_header, product_header, read_header, read_product, set_card, write_image
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
-from ..logs import VERBOSE, get_logger
+from ..logs import VERBOSE
 from ..provenance import code_identity, constants, input_key, is_current, product_key, stamp
 from .common import FITS_WRITING, StepError, add_inputs, relative, set_type
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 REGISTRATION_CONSTANTS = (
     "BACKGROUND_MESH",
     "BACKGROUND_SUBSAMPLE",
