@@ -232,7 +232,9 @@ def render(records: list[dict[str, Any]]) -> str:
 
 
 def load(results: Path) -> list[dict[str, Any]]:
-    records = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    """bench.run's records, `<size>x<frames per group>.json` (the folder holds other benches'
+    results too, such as cluster_backfill's)."""
+    records = [json.loads(p.read_text()) for p in results.glob("[0-9]*x[0-9]*.json")]
     return sorted(records, key=lambda r: (r["size"], r["frames_per_group"]))
 
 
