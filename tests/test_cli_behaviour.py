@@ -92,9 +92,10 @@ def test_options_line_and_verbose_report(small_night):
     ) == 0  # header is console-only
     assert "Writing master dark images:" in (small_night / "astro_reduce.log").read_text()
     # The night's tasks run in threads: the log file says which group each line is about.
-    assert "M-67_V_60000:     M-67_V_60000...   Done (3 images)." in (
-        small_night / "astro_reduce.log"
-    ).read_text()
+    assert (
+        "M-67_V_60000:     M-67_V_60000...   Done (3 images)."
+        in (small_night / "astro_reduce.log").read_text()
+    )
 
 
 def test_nomaster_needs_masters_then_uses_them(small_night):
