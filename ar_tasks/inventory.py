@@ -103,6 +103,8 @@ class Problem:
 
     path: str
     reason: str
+    size: int = 0  # the file's stamp when it was read (0: unknown), as Frame's
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -264,10 +266,11 @@ def take_inventory(
         if _unchanged(night_dir, frame):
             assert frame is not None
             return frame
+        size, mtime_ns = _stamp_before_reading(night_dir / relative)
         try:
             return inspect(night_dir, relative)
         except (FrameError, camera.HeaderError) as exc:
-            return Problem(relative, str(exc))
+            return Problem(relative, str(exc), size, mtime_ns)
 
     for frame in run_each(examine, paths, default_jobs() if jobs is None else jobs):
         if isinstance(frame, Problem):
@@ -284,12 +287,35 @@ def take_inventory(
         if shape != inventory.shape:
             assert inventory.shape is not None
             reason = f"is {_size(shape)} while the night's frames are {_size(inventory.shape)}"
-            inventory.quarantined.append(Problem(frame.path, reason))
+            inventory.quarantined.append(Problem(frame.path, reason, frame.size, frame.mtime_ns))
         else:
             inventory.frames.append(frame)
     inventory.quarantined.sort(key=lambda p: p.path)
     inventory.warnings.extend(_name_warnings(raw_names))
     return inventory
+
+
+def _stamp_before_reading(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a file about to be read, taken once the racy window of its last
+    write is past (as inspect does), so that it vouches for what is read next; (0, 0) when
+    the file cannot be stat'ed."""
+    try:
+        stat = path.stat()
+        if wait := racy_ns((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)):
+            time.sleep(wait / 1e9)
+            stat = path.stat()
+    except OSError:
+        return 0, 0
+    return stat.st_size, stat.st_mtime_ns
+
+
+def describes(inventory: Inventory, stamps: dict[str, tuple[int, int]]) -> bool:
+    """True when `inventory` was taken from exactly these raw files, none changed since:
+    `stamps` maps each FITS file's relative path to (size, mtime_ns), as listed now. Then
+    the inventory holds without reading a single frame (the cheap check of a rerun)."""
+    recorded = {f.path: (f.size, f.mtime_ns) for f in inventory.frames}
+    recorded.update({p.path: (p.size, p.mtime_ns) for p in inventory.quarantined})
+    return recorded == stamps and all(size for size, _ in recorded.values())
 
 
 def _unchanged(night_dir: Path, frame: Frame | None) -> bool:

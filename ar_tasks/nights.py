@@ -76,3 +76,41 @@ def nights_with_raw_data(
         if entry.name in wanted and entry.is_dir() and has_raw_data(entry)
     ]
     return sorted(found)
+
+
+def raw_stamps(
+    raw_root: str | Path, night: str, s3: dict[str, str] | None = None
+) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of each FITS file of a night's DARK/, FLAT/ and ORIGINAL/, by relative
+    path: the files an inventory would read, listed without reading any (in S3: one listing;
+    a staged object keeps the object's time, so the stamps compare with the inventory's)."""
+    if storage.is_s3(raw_root):
+        store = storage.S3Store(storage.S3Settings(**(s3 or {})))
+        return {
+            remote.relpath: (remote.size, remote.mtime_ns)
+            for remote in store.list_files(storage.join(str(raw_root), night))
+            if _is_raw_file(remote.relpath)
+        }
+    night_dir = Path(raw_root) / night
+    stamps = {}
+    for folder in camera.FRAME_FOLDERS:
+        directory = night_dir / folder
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            relative = f"{folder}/{entry.name}"
+            if _is_raw_file(relative) and entry.is_file():
+                stat = entry.stat()
+                stamps[relative] = (stat.st_size, stat.st_mtime_ns)
+    return stamps
+
+
+def _is_raw_file(relative: str) -> bool:
+    """A FITS file directly in one of the frame folders (what the inventory reads)."""
+    folder, _, name = relative.partition("/")
+    return (
+        folder in camera.FRAME_FOLDERS
+        and "/" not in name
+        and not name.startswith(".")
+        and camera.is_fits_name(name)
+    )

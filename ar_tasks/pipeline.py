@@ -22,22 +22,24 @@ from typing import Any
 
 from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
-from .inventory import GroupKey, Inventory
+from .inventory import GroupKey, Inventory, describes
 from .layout import COSMETIC, INVENTORY_FILE, MASTERS, STACKED, NightLayout
 from .logs import log_context
 from .nightplan import NightPlan, ReductionOptions, astrometry_record, group_record
+from .nights import raw_stamps
 from .steps import publish
 from .steps.common import StepError
 from .steps.publish import QC_FOLDER, local_products
 from .steps.setup import load_inventory, setup_night
 from .storage import KEY_METADATA, SHA_METADATA, S3Settings, S3Store, is_s3, join, split_s3
-from .threads import default_jobs
+from .threads import default_jobs, run_each
 from .workspace import night_workspace
 
 log = logging.getLogger(__name__)
 JOBS_ENV = "AR_ASTROMETRY_JOBS"  # images one astrometry task solves at once (default 1)
 # ValueError covers bad params and unreadable frames or headers (FrameError, HeaderError).
 DETERMINISTIC = (StepError, ValueError, ConfigError)
+CHECK_JOBS = 8  # nights checked at once by nights_to_reduce
 
 
 def check_roots(raw_root: str, products_root: str, s3: dict[str, str] | None = None) -> None:
@@ -104,6 +106,52 @@ def _plan_reader(options: ReductionOptions) -> Any:
 
 def group_label(night: str, group: GroupKey) -> str:
     return f"{night} {group.label}"
+
+
+def nights_to_reduce(
+    raw_root: str,
+    products_root: str,
+    nights: list[str],
+    params: dict[str, Any],
+    settings: dict[str, Any] | None = None,
+    s3: dict[str, str] | None = None,
+) -> list[str]:
+    """The nights that have work to do: all of them with `overwrite`, else those not current
+    by night_is_current. A rerun of years of current nights then maps no task for them."""
+    if params.get("overwrite"):
+        return list(nights)
+    options = reduction_options(params, settings)
+    # In threads: in S3 each night's check is three requests, latency more than work.
+    current = run_each(
+        lambda night: night_is_current(raw_root, products_root, night, options, s3),
+        list(nights),
+        CHECK_JOBS,
+    )
+    for night, is_current in zip(nights, current, strict=True):
+        if is_current:
+            log.info("Night %s: its manifest and products are current: nothing to do.", night)
+    return [night for night, is_current in zip(nights, current, strict=True) if not is_current]
+
+
+def night_is_current(
+    raw_root: str,
+    products_root: str,
+    night: str,
+    options: ReductionOptions,
+    s3: dict[str, str] | None = None,
+) -> bool:
+    """The cheap check of a rerun, reading no frame and no product: the night's manifest is a
+    success for the night key of its stored inventory, that inventory still describes the raw
+    files (same paths, sizes and times), and every product listed is there with its size.
+    Anything unreadable or changed says "not current": prepare_night then decides by content."""
+    with _workspace(raw_root, products_root, night, s3, raw_files=[], products=[]) as layout:
+        try:
+            inventory = load_inventory(layout)
+        except StepError:
+            return False
+        if not describes(inventory, raw_stamps(raw_root, night, s3)):
+            return False
+        return _all_current(layout, NightPlan.build(inventory, options), products_root, night, s3)
 
 
 def prepare_night(

@@ -11,9 +11,11 @@ list the nights with raw data → per night: `prepare_night` (inventory, masters
 `plan_groups` collects the (night, group) pairs → per (night, group): `reduce_group`
 (calibrate, align, stack, PNGs) → per (night, group), only when an astrometry route is asked:
 `solve_group` (pool `astrometry`) → per night: `publish` writes `manifest.json`.
-A night whose products are all current (same frames, params and code) stops after its
-`prepare_night` and is not published again. Astrometry (param `astrometry`) writes `reduced/`
-with the solved WCS; an image that does not solve fails its night's manifest.
+A night whose products are all current (same frames, params and code) is dropped by
+`list_nights` after one cheap check (stamps and listings, no frame read); one whose frames
+were touched but not changed stops after its `prepare_night` and is not published again.
+Astrometry (param `astrometry`) writes `reduced/` with the solved WCS; an image that does not
+solve fails its night's manifest.
 Every task calls one `ar_tasks` function and passes small dicts through XCom.
 Products: `<products_root>/<night>/` in astro_reduce's layout.
 A night whose masters are missing fails only its own branch, with the reason in its manifest;
@@ -226,7 +228,9 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
 def t120_reduce() -> None:
     @task
     def list_nights() -> list[str]:
-        """Nights in the requested range that have raw data (others are skipped, not failed)."""
+        """Nights in the requested range that have raw data and work to do: a night whose
+        manifest, inventory stamps and products are current (see pipeline.night_is_current)
+        gets no task at all. Nights without raw data are skipped, not failed."""
         from ar_tasks import nights, pipeline
 
         context = get_current_context()
@@ -244,7 +248,18 @@ def t120_reduce() -> None:
         last = params["last_night"] or first
         found = nights.nights_with_raw_data(params["raw_root"], first, last, _s3(params))
         print(f"Nights {first}..{last} with raw data: {found or 'none'}")
-        return found
+        todo = _deterministic(
+            pipeline.nights_to_reduce,
+            params["raw_root"],
+            params["products_root"],
+            found,
+            dict(params),
+            settings=_astrometry_settings(params),
+            s3=_s3(params),
+        )
+        if todo != found:
+            print(f"Current (nothing to do): {sorted(set(found) - set(todo))}; to reduce: {todo}")
+        return todo
 
     @task(map_index_template="{{ label }}")
     def prepare_night(night: str) -> dict:

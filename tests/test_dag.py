@@ -179,16 +179,40 @@ def test_manifest_describes_the_night(reduced_archive, night):
     }
 
 
+def _task_states(run) -> dict[str, set[str]]:
+    states: dict[str, set[str]] = {}
+    for ti in run.get_task_instances():
+        states.setdefault(ti.task_id, set()).add(str(ti.state))
+    return states
+
+
 def test_second_run_recomputes_nothing(dag, reduced_archive):
+    """A rerun of current nights maps no task for them (list_nights' cheap check) and writes
+    nothing; a night whose frames were only touched is checked by content, found current,
+    and nothing of it is recomputed either."""
     archive, conf = reduced_archive
-    products = sorted(fits_products(archive / "products" / NIGHTS[0]))
-    before = {p: p.stat().st_mtime_ns for p in products}
-    assert _run(dag, **conf) == "success"
-    for night in NIGHTS:
-        manifest = json.loads((archive / "products" / night / "manifest.json").read_text())
-        assert manifest["recomputed"] == [], manifest["recomputed"]
-        assert manifest["status"] == "success"
-    assert {p: p.stat().st_mtime_ns for p in products} == before
+    nights = [archive / "products" / night for night in NIGHTS]
+    products = [p for night in nights for p in sorted(fits_products(night))]
+    written = [*products, *(night / "manifest.json" for night in nights)]
+    before = {p: p.stat().st_mtime_ns for p in written}
+    run = dag.test(run_conf={**DEFAULT_CONF, **conf})
+    assert run.state == "success"
+    states = _task_states(run)
+    assert states["list_nights"] == {"success"}
+    for task_id in ("prepare_night", "reduce_group", "publish"):
+        assert states[task_id] == {"skipped"}, states
+    assert {p: p.stat().st_mtime_ns for p in written} == before
+
+    frame = sorted((archive / "raw" / NIGHTS[1] / "ORIGINAL").glob("*.fits"))[0]
+    stat = frame.stat()
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, touched
+    run = dag.test(run_conf={**DEFAULT_CONF, **conf})
+    assert run.state == "success"
+    assert _task_states(run)["prepare_night"] == {"success"}
+    manifest = json.loads((archive / "products" / NIGHTS[1] / "manifest.json").read_text())
+    assert manifest["recomputed"] == [] and manifest["status"] == "success"
+    unchanged = [*products, nights[0] / "manifest.json"]
+    assert {p: p.stat().st_mtime_ns for p in unchanged} == {p: before[p] for p in unchanged}
 
 
 def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
@@ -325,10 +349,11 @@ def test_dag_astrometry_routes_match_truth(dag, astro_archive, tmp_path, monkeyp
             listed = {p["path"] for p in manifest["products"]}
             assert {f"reduced/{p.name}" for p in reduced} <= listed
         assert ("POST", "/api/login") in standin.requests
-        # A rerun with the same mode finds the night current: nothing runs, nothing is sent.
-        sent = len(standin.requests)
-        manifest = _astrometry_run(dag, astro_archive, products, "astrometrynet_online")
-        assert manifest["recomputed"] == [] and len(standin.requests) == sent
+        # A rerun with the same mode finds the night current: nothing runs, nothing is sent,
+        # the manifest stays as the last run wrote it.
+        sent, written = len(standin.requests), (night / "manifest.json").read_bytes()
+        _astrometry_run(dag, astro_archive, products, "astrometrynet_online")
+        assert (night / "manifest.json").read_bytes() == written and len(standin.requests) == sent
         # Without its manifest the night is done again, and reuses every solution.
         (night / "manifest.json").unlink()
         manifest = _astrometry_run(dag, astro_archive, products, "astrometrynet_online")
@@ -402,12 +427,8 @@ def test_dag_on_s3_gives_the_local_products(dag, reduced_archive, s3_server, mon
         assert listed == {p["path"]: p["sha256"] for p in local_manifest["products"]}
         assert not [k for k in after if k.startswith(f"products/{night}/") and ".part" in k]
 
-    assert _run(dag, **conf) == "success"
-    for night in NIGHTS:
-        manifest = json.loads(
-            client.get_object(Bucket=bucket, Key=f"products/{night}/manifest.json")["Body"].read()
-        )
-        assert manifest["recomputed"] == []
+    assert _run(dag, **conf) == "success"  # current: checked by listings, nothing written
+    assert _s3_objects(client, bucket, "") == after
 
 
 def _damage(night: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +62,52 @@ def test_a_complete_night_is_current_on_rerun(roots):
     assert again == {"night": "2023-05-10", "current": True, "groups": [], "solve": False}
     other = pipeline.prepare_night(raw, products, "2023-05-10", {**params, "stack": False})
     assert other["current"] is False  # other params: another night key
+
+
+def _reduce(raw: str, products: str, night: str, params: dict) -> dict:
+    """The DAG's stages for one night, in order."""
+    ready = pipeline.prepare_night(raw, products, night, params)
+    for pair in ready["groups"]:
+        pipeline.reduce_group(raw, products, night, pair["group"], params)
+    return pipeline.publish_night(raw, products, night, params)
+
+
+def test_the_cheap_check_sees_every_change(small_archive, tmp_path):
+    """nights_to_reduce drops a current night without reading a frame, and hands on a night
+    as soon as anything a product depends on may have changed: a frame's stamp, a new or
+    replaced file (a quarantined one too), a missing product, other params, overwrite."""
+    raw = tmp_path / "raw"
+    shutil.copytree(small_archive, raw)
+    products, night = str(tmp_path / "products"), "2023-05-10"
+    params = {"objects": ["M 67"]}
+    night_dir = raw / night
+
+    def todo(**changed) -> list[str]:
+        return pipeline.nights_to_reduce(str(raw), products, [night], {**params, **changed})
+
+    assert todo() == [night]  # never reduced
+    assert _reduce(str(raw), products, night, params)["status"] == "success"
+    assert todo() == [] and todo(overwrite=True) == [night] and todo(stack=False) == [night]
+
+    frame = sorted((night_dir / "ORIGINAL").glob("*.fits"))[0]
+    stat = frame.stat()
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, touched
+    assert todo() == [night]
+    assert pipeline.prepare_night(str(raw), products, night, params)["current"] is True
+    assert todo() == []  # the content check renewed the stamps
+
+    (night_dir / "ORIGINAL" / "late.fits").write_bytes(frame.read_bytes()[:20000])
+    assert todo() == [night]
+    assert _reduce(str(raw), products, night, params)["status"] == "success"
+    assert todo() == []  # the truncated file is quarantined, and its stamp recorded
+    shutil.copy2(frame, night_dir / "ORIGINAL" / "late.fits")  # replaced by a good frame
+    assert todo() == [night]
+    assert _reduce(str(raw), products, night, params)["status"] == "success"
+    assert todo() == []
+
+    stack = Path(products) / night / "stacked" / "M-67_V_60000.fits"
+    stack.unlink()
+    assert todo() == [night]
 
 
 def test_a_night_without_calibrations_fails_with_its_reason(tmp_path):
