@@ -10,12 +10,12 @@ astro_reduce command on the same nights.
 3. The cluster up (its state in bench/work/cluster_backfill/cluster, on free ports), the DAG
    unpaused, then through the REST API a backfill of the 12 nights (max_active_runs 2,
    reprocess_behavior "completed", conf: the local roots, astrometry "none", png true), polled
-   every second until every run is final; then the same backfill again (everything rerun; the
-   manifests of the successful nights must say that nothing was recomputed). Per pass: wall from
-   the backfill's creation to the last run's end, runs (state, duration), task instances, every
-   try (duration, queued → start, upstream end → start), retries, pool occupancy, and the
-   machine's busy fraction from /proc/stat (with the CPU of processes outside the cluster). The
-   cluster goes down whatever happens.
+   every second until every run is final; then the same backfill again (everything rerun; a
+   successful night must have nothing written, or a manifest saying nothing was recomputed).
+   Per pass: wall from the backfill's creation to the last run's end, runs (state, duration),
+   task instances, every try (duration, queued → start, upstream end → start), retries, pool
+   occupancy, and the machine's busy fraction from /proc/stat (with the CPU of processes
+   outside the cluster). The cluster goes down whatever happens.
 
 Efficiency = the command's CPU seconds ÷ (first pass wall × cores). Results: bench/results/
 cluster_backfill.json and a table on stdout; `--write-benchmarks [NAME]` also writes the row NAME
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import resource
@@ -667,17 +668,25 @@ def run_pass(
 
 
 def read_manifests(products: Path, plan: dict[str, str]) -> dict[str, dict]:
-    """Status and what was recomputed, per night that has a manifest."""
+    """Status, what its manifest says was recomputed, and a stamp of every file written
+    (path, size, mtime: a rerun of a current night leaves the manifest as it was, so only
+    the files tell that nothing was written), per night that has a manifest."""
     found = {}
     for night in plan:
         path = products / night / "manifest.json"
         if path.is_file():
             manifest = json.loads(path.read_text())
             recomputed = manifest.get("recomputed")
+            written = sorted(
+                (p.relative_to(path.parent).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in path.parent.rglob("*")
+                if p.is_file()
+            )
             found[night] = {
                 "status": manifest.get("status"),
                 "recomputed": None if recomputed is None else len(recomputed),
                 "problems": len(manifest.get("problems") or []),
+                "files_stamp": hashlib.sha256(json.dumps(written).encode()).hexdigest()[:16],
             }
     return found
 
@@ -1045,10 +1054,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             analysis = results["passes"][label]["analysis"]
             print(f"{label}: {analysis['wall_s']} s, runs {analysis['run_states']}", flush=True)
         sampler.stop_event.set()
+    first = results["passes"]["first"]["manifests"]
     results["rerun_recomputed_nights"] = sorted(
         night
         for night, m in results["passes"]["rerun"]["manifests"].items()
-        if m["status"] == "success" and m["recomputed"] != 0
+        if m["status"] == "success"
+        and m["files_stamp"] != first.get(night, {}).get("files_stamp")
+        and m["recomputed"] != 0
     )
     end_code = git("rev-parse", "--short", "HEAD")
     results["code"]["head_at_end"] = end_code

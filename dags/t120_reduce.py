@@ -40,11 +40,14 @@ def _params(label: str) -> dict:
     return context["params"]
 
 
-def _results(prepared: object) -> list[dict]:
+def _results(prepared: object, nights: list[dict]) -> list[dict]:
     """The prepared nights' results as a list (one night comes as a bare dict; a night whose
-    preparation failed has none)."""
+    preparation failed has none), only those of this batch of `nights`: when a run is cleared
+    and rerun, a mapped instance that is now removed keeps its XCom, which would hand on the
+    groups of a night that is current now (or a night twice)."""
     results = [prepared] if isinstance(prepared, dict) else list(prepared or [])
-    return [r for r in results if r]
+    batches = {night["batch"] for night in nights}
+    return [r for r in results if r and r.get("batch") in batches]
 
 
 def _stage(name: str, label: str, night: str, **extra: Any) -> dict:
@@ -227,10 +230,13 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
 )
 def t120_reduce() -> None:
     @task
-    def list_nights() -> list[str]:
+    def list_nights() -> list[dict]:
         """Nights in the requested range that have raw data and work to do: a night whose
         manifest, inventory stamps and products are current (see pipeline.night_is_current)
-        gets no task at all. Nights without raw data are skipped, not failed."""
+        gets no task at all. Nights without raw data are skipped, not failed. Each night comes
+        with this try's batch id, which its results carry (see _results)."""
+        import uuid
+
         from ar_tasks import nights, pipeline
 
         context = get_current_context()
@@ -259,24 +265,25 @@ def t120_reduce() -> None:
         )
         if todo != found:
             print(f"Current (nothing to do): {sorted(set(found) - set(todo))}; to reduce: {todo}")
-        return todo
+        batch = uuid.uuid4().hex[:12]
+        return [{"night": night, "batch": batch} for night in todo]
 
     @task(map_index_template="{{ label }}")
-    def prepare_night(night: str) -> dict:
+    def prepare_night(night: str, batch: str) -> dict:
         """Inventory and masters of one night; the groups ready to reduce (none when every
         product of the night is current)."""
-        return _stage("prepare_night", night, night)
+        return {**_stage("prepare_night", night, night), "batch": batch}
 
     @task(trigger_rule="all_done")
-    def plan_groups(prepared: object) -> list[dict]:
+    def plan_groups(prepared: object, nights: list[dict]) -> list[dict]:
         """The (night, group) pairs to reduce, from every night that was prepared."""
-        return [pair for r in _results(prepared) for pair in r["groups"]]
+        return [pair for r in _results(prepared, nights) for pair in r["groups"]]
 
     @task(trigger_rule="all_done")
-    def plan_solves(prepared: object) -> list[dict]:
+    def plan_solves(prepared: object, nights: list[dict]) -> list[dict]:
         """The same pairs to solve when an astrometry route is asked, else none: no idle task
         instance takes an `astrometry` pool slot or a worker."""
-        return [pair for r in _results(prepared) if r["solve"] for pair in r["groups"]]
+        return [pair for r in _results(prepared, nights) if r["solve"] for pair in r["groups"]]
 
     @task(map_index_template="{{ label }}")
     def reduce_group(night: str, group: dict, label: str) -> dict:
@@ -289,8 +296,9 @@ def t120_reduce() -> None:
         return _stage("solve_group", label, night, group=group)
 
     @task(trigger_rule="all_done", map_index_template="{{ label }}")
-    def publish(night: str) -> dict:
-        """Write the night's manifest; fail this night's branch if anything in it failed."""
+    def publish(night: str, batch: str) -> dict:
+        """Write the night's manifest; fail this night's branch if anything in it failed
+        (`batch`: see list_nights)."""
         from airflow.sdk.exceptions import AirflowFailException
 
         summary = _stage("publish_night", night, night)
@@ -299,11 +307,11 @@ def t120_reduce() -> None:
         return summary
 
     nights = list_nights()
-    prepared = prepare_night.expand(night=nights)
-    reduced = reduce_group.expand_kwargs(plan_groups(prepared))
-    solved = solve_group.expand_kwargs(plan_solves(prepared))
+    prepared = prepare_night.expand_kwargs(nights)
+    reduced = reduce_group.expand_kwargs(plan_groups(prepared, nights))
+    solved = solve_group.expand_kwargs(plan_solves(prepared, nights))
     reduced >> solved
-    [reduced, solved] >> publish.expand(night=nights)
+    [reduced, solved] >> publish.expand_kwargs(nights)
 
 
 t120_reduce()

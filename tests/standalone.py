@@ -47,12 +47,14 @@ def run_script(env: dict[str, str], command: str, timeout: float) -> subprocess.
     )
 
 
-def request(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+def request(
+    url: str, token: str | None = None, body: dict | None = None, method: str | None = None
+) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers)
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
