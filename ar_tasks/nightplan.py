@@ -401,6 +401,7 @@ class NightPlan:
             night_key=self.night_key(),
             recipes=recipes(),
             astrometry_mode=self.options.astrometry.route or None,
+            selected=self.groups(),
         )
 
     def ready_groups(self, night: NightRun) -> list[GroupKey]:

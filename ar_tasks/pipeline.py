@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,16 @@ def group_label(night: str, group: GroupKey) -> str:
     return f"{night} {group.label}"
 
 
+@dataclass
+class NightChoice:
+    """What a run's nights need: `todo` to be reduced; `failed` (night -> its problems) failed
+    before with the same frames, params and code, every task of it finished: reducing them
+    again would give the same failure."""
+
+    todo: list[str] = field(default_factory=list)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+
+
 def nights_to_reduce(
     raw_root: str,
     products_root: str,
@@ -115,43 +125,58 @@ def nights_to_reduce(
     params: dict[str, Any],
     settings: dict[str, Any] | None = None,
     s3: dict[str, str] | None = None,
-) -> list[str]:
-    """The nights that have work to do: all of them with `overwrite`, else those not current
-    by night_is_current. A rerun of years of current nights then maps no task for them."""
+) -> NightChoice:
+    """Sort the nights by night_state: all to do with `overwrite`; current ones dropped (a
+    rerun of years of current nights then maps no task for them)."""
     if params.get("overwrite"):
-        return list(nights)
+        return NightChoice(todo=list(nights))
     options = reduction_options(params, settings)
     # In threads: in S3 each night's check is three requests, latency more than work.
-    current = run_each(
-        lambda night: night_is_current(raw_root, products_root, night, options, s3),
+    states = run_each(
+        lambda night: night_state(raw_root, products_root, night, options, s3),
         list(nights),
         CHECK_JOBS,
     )
-    for night, is_current in zip(nights, current, strict=True):
-        if is_current:
+    choice = NightChoice()
+    for night, (state, problems) in zip(nights, states, strict=True):
+        if state == "current":
             log.info("Night %s: its manifest and products are current: nothing to do.", night)
-    return [night for night, is_current in zip(nights, current, strict=True) if not is_current]
+        elif state == "failed":
+            choice.failed[night] = problems
+        else:
+            choice.todo.append(night)
+    return choice
 
 
-def night_is_current(
+def night_state(
     raw_root: str,
     products_root: str,
     night: str,
     options: ReductionOptions,
     s3: dict[str, str] | None = None,
-) -> bool:
-    """The cheap check of a rerun, reading no frame and no product: the night's manifest is a
-    success for the night key of its stored inventory, that inventory still describes the raw
-    files (same paths, sizes and times), and every product listed is there with its size.
-    Anything unreadable or changed says "not current": prepare_night then decides by content."""
+) -> tuple[str, list[str]]:
+    """The cheap check of a rerun, reading no frame and no product: ("current", []) or
+    ("failed", its problems) when the night's manifest was written for the night key of its
+    stored inventory (a success; or a failure with every task finished), that inventory still
+    describes the raw files (same paths, sizes and times), and every product listed is there
+    with its size; else ("todo", []). Anything unreadable or changed says "todo":
+    prepare_night then decides by content."""
     with _workspace(raw_root, products_root, night, s3, raw_files=[], products=[]) as layout:
         try:
             inventory = load_inventory(layout)
         except StepError:
-            return False
+            return "todo", []
         if not describes(inventory, raw_stamps(raw_root, night, s3)):
-            return False
-        return _all_current(layout, NightPlan.build(inventory, options), products_root, night, s3)
+            return "todo", []
+        plan = NightPlan.build(inventory, options)
+        manifest = _manifest_for(layout, plan, products_root, night, s3)
+    if manifest is None:
+        return "todo", []
+    if manifest.get("status") == "success":
+        return "current", []
+    if manifest.get("incomplete") == []:  # schema 2 manifests before it have none: todo
+        return "failed", list(manifest.get("problems", []))
+    return "todo", []
 
 
 def prepare_night(
@@ -177,6 +202,11 @@ def prepare_night(
         if not options.overwrite and _all_current(layout, plan, products_root, night, s3):
             log.info("Night %s: every product is current (night key and products): reused.", night)
             return {"night": night, "current": True, "groups": [], "solve": False}
+        # This run's group tasks write these again: one that does not finish leaves no
+        # record of an earlier run behind, and the manifest says it did not finish.
+        publish.forget_records(
+            layout, [name(g) for g in plan.groups() for name in (group_record, astrometry_record)]
+        )
         run = plan.run(plan.start(layout), ["masters"], jobs=default_jobs())
         run.masters()["seconds"] = round(time.monotonic() - started, 3)
         ready = [
@@ -201,16 +231,28 @@ def _all_current(
 ) -> bool:
     """True when the manifest was a success for this very night key and its products are
     all still there with their sizes (one listing; no product is read)."""
+    manifest = _manifest_for(layout, plan, products_root, night, s3)
+    return manifest is not None and manifest.get("status") == "success"
+
+
+def _manifest_for(
+    layout: NightLayout,
+    plan: NightPlan,
+    products_root: str,
+    night: str,
+    s3: dict[str, str] | None,
+) -> dict[str, Any] | None:
+    """The night's manifest when it was written for this very night key and the products it
+    lists are all still there with their sizes (one listing; no product is read), else None."""
     manifest = publish.read_manifest(layout)
-    if not manifest or manifest.get("status") != "success":
-        return False
-    if manifest.get("night_key") != plan.night_key():
-        return False
+    if not manifest or manifest.get("night_key") != plan.night_key():
+        return None
     present = {
         entry["path"]: entry.get("bytes")
         for entry in night_products(layout, products_root, night, s3, sha=False)
     }
-    return all(present.get(p["path"], -1) == p.get("bytes") for p in manifest.get("products", []))
+    listed = manifest.get("products", [])
+    return manifest if all(present.get(p["path"], -1) == p.get("bytes") for p in listed) else None
 
 
 def reduce_group(

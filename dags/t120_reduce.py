@@ -235,8 +235,12 @@ def t120_reduce() -> None:
         manifest, inventory stamps and products are current (see pipeline.night_is_current)
         gets no task at all. Nights without raw data are skipped, not failed. Each night comes
         with this try's batch id, which its results carry (see _results). No night to reduce:
-        every other task is skipped at once (a short circuit), and the run ends a success."""
+        every other task is skipped at once (a short circuit), and the run ends a success; or,
+        when some of its nights failed before with the same frames, params and code (every
+        task of theirs finished), this task fails at once with their reasons, unretried."""
         import uuid
+
+        from airflow.sdk.exceptions import AirflowFailException
 
         from ar_tasks import nights, pipeline
 
@@ -255,7 +259,7 @@ def t120_reduce() -> None:
         last = params["last_night"] or first
         found = nights.nights_with_raw_data(params["raw_root"], first, last, _s3(params))
         print(f"Nights {first}..{last} with raw data: {found or 'none'}")
-        todo = _deterministic(
+        choice = _deterministic(
             pipeline.nights_to_reduce,
             params["raw_root"],
             params["products_root"],
@@ -264,6 +268,18 @@ def t120_reduce() -> None:
             settings=_astrometry_settings(params),
             s3=_s3(params),
         )
+        for night, problems in choice.failed.items():
+            print(
+                f"Night {night} failed before with the same frames, params and code (its "
+                f"manifest): {'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}"
+            )
+        if choice.failed and not choice.todo:
+            raise AirflowFailException(
+                f"{', '.join(choice.failed)}: would fail again as before (see above); nothing "
+                "was run. Fix the night's files, or set overwrite to reduce it anyway."
+            )
+        # With other nights to reduce, the failed ones are tried again beside them.
+        todo = sorted(choice.todo + list(choice.failed))
         if todo != found:
             print(f"Current (nothing to do): {sorted(set(found) - set(todo))}; to reduce: {todo}")
         batch = uuid.uuid4().hex[:12]

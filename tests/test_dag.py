@@ -241,6 +241,24 @@ def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
     assert any("no dark files at all" in p for p in bad["problems"])
     assert not (tmp_path / "products" / "2023-06-03").exists()
 
+    # Again: one night current, the other would fail as before. Nothing runs, the run fails
+    # at list_nights (no retry), and no file is written.
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "products").rglob("*")}
+    run = dag.test(
+        run_conf={
+            **DEFAULT_CONF,
+            "first_night": "2023-06-01",
+            "last_night": "2023-06-03",
+            "raw_root": str(raw),
+            "products_root": str(tmp_path / "products"),
+        }
+    )
+    assert run.state == "failed"
+    states = _task_states(run)
+    assert states["list_nights"] == {"failed"}, states
+    assert "success" not in set().union(*states.values()), states
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "products").rglob("*")} == written
+
 
 def test_backfill_dry_run_lists_one_run_per_night(dag):
     env = dict(os.environ)

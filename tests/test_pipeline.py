@@ -83,7 +83,7 @@ def test_the_cheap_check_sees_every_change(small_archive, tmp_path):
     night_dir = raw / night
 
     def todo(**changed) -> list[str]:
-        return pipeline.nights_to_reduce(str(raw), products, [night], {**params, **changed})
+        return pipeline.nights_to_reduce(str(raw), products, [night], {**params, **changed}).todo
 
     assert todo() == [night]  # never reduced
     assert _reduce(str(raw), products, night, params)["status"] == "success"
@@ -112,8 +112,6 @@ def test_the_cheap_check_sees_every_change(small_archive, tmp_path):
 
 def test_a_night_without_calibrations_fails_with_its_reason(tmp_path):
     """Science frames only: prepared (no group is ready), published as failed with why."""
-    import shutil
-
     from ar_tasks.synthetic import NightSpec, write_night
 
     raw = tmp_path / "raw"
@@ -129,6 +127,37 @@ def test_a_night_without_calibrations_fails_with_its_reason(tmp_path):
     manifest = json.loads((tmp_path / "products" / "2023-05-10" / "manifest.json").read_text())
     assert all(g["status"] == "failed" for g in manifest["groups"].values())
     assert any("Did not find folder DARK" in w for w in manifest["warnings"])
+    assert manifest["incomplete"] == []
+
+    # Every task finished: a rerun would fail the same way, and the cheap check says so.
+    choice = pipeline.nights_to_reduce(str(raw), products, ["2023-05-10"], {})
+    assert choice.todo == [] and choice.failed == {"2023-05-10": manifest["problems"]}
+    assert pipeline.nights_to_reduce(
+        str(raw), products, ["2023-05-10"], {"overwrite": True}
+    ).todo == ["2023-05-10"]
+    (raw / "2023-05-10" / "DARK").mkdir()  # any change: tried again
+    shutil.copy2(next((raw / "2023-05-10" / "ORIGINAL").iterdir()), raw / "2023-05-10" / "DARK")
+    assert pipeline.nights_to_reduce(str(raw), products, ["2023-05-10"], {}).todo == ["2023-05-10"]
+
+
+def test_a_group_whose_task_did_not_finish_leaves_the_night_to_do(roots, tmp_path):
+    """A group task that never wrote its record (a killed worker, an S3 error): the manifest
+    says the group did not finish, and the cheap check hands the night on again. A record of
+    an earlier run cannot stand in for it: prepare_night forgets the records it will redo."""
+    raw, products = roots
+    params = {"objects": ["M 67"]}
+    assert _reduce(raw, products, "2023-05-10", params)["status"] == "success"
+    ready = pipeline.prepare_night(raw, products, "2023-05-10", {**params, "png": True})
+    assert len(ready["groups"]) == 2
+    for pair in ready["groups"][1:]:  # the first group's task "dies" before its record
+        pipeline.reduce_group(raw, products, "2023-05-10", pair["group"], {**params, "png": True})
+    summary = pipeline.publish_night(raw, products, "2023-05-10", {**params, "png": True})
+    manifest = json.loads((tmp_path / "products" / "2023-05-10" / "manifest.json").read_text())
+    name = "{object}_{filter}_{exposure_ms}".format(**ready["groups"][0]["group"])
+    assert summary["status"] == "failed" and manifest["incomplete"] == [name]
+    assert f"{name}: not reduced (its task did not finish; rerun it)" in manifest["problems"]
+    choice = pipeline.nights_to_reduce(raw, products, ["2023-05-10"], {**params, "png": True})
+    assert choice.todo == ["2023-05-10"] and choice.failed == {}
 
 
 def test_a_failed_setup_still_gets_a_manifest(tmp_path):

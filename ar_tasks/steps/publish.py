@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, externals
 from ..fitsio import sha256_file, write_bytes_atomic
-from ..inventory import Inventory
+from ..inventory import GroupKey, Inventory
 from ..layout import COSMETIC, MASTERS, REDUCED, STACKED, NightLayout
 from ..provenance import stored_key
 from ..threads import default_jobs, run_each
@@ -33,6 +34,12 @@ VERSION_ATTRIBUTES = {"numpy": "numpy", "pillow": "PIL"}  # module names whose _
 def write_record(layout: NightLayout, name: str, payload: dict[str, Any]) -> None:
     path = layout.out_dir / QC_FOLDER / f"{name}.json"
     write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def forget_records(layout: NightLayout, names: Iterable[str]) -> None:
+    """Delete these records (the tasks about to run write them again)."""
+    for name in names:
+        (layout.out_dir / QC_FOLDER / f"{name}.json").unlink(missing_ok=True)
 
 
 def read_record(layout: NightLayout, name: str) -> dict[str, Any] | None:
@@ -92,8 +99,12 @@ def build_manifest(
     night_key: str = "",
     recipes: dict[str, Any] | None = None,
     astrometry_mode: str | None = None,
+    selected: Iterable[GroupKey] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a night from its records (see README for each field)."""
+    """The manifest of a night from its records (see README for each field). A `selected`
+    group without its record (or, with astrometry, a reduced group without its solving record)
+    did not finish: it is a problem, and listed in `incomplete`, so that neither a rerun's
+    cheap check nor an operator takes the night for settled."""
     setup = read_record(layout, "setup") or {}
     manifest: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -117,12 +128,17 @@ def build_manifest(
     groups: dict[str, Any] = {}
     astrometry: dict[str, Any] = {}
     recomputed: list[str] = []
+    incomplete: list[str] = []
+    wanted = set(selected) if selected is not None else set()
     for kind in ("darks", "interpolated", "flats"):
         recomputed += [qc["file"] for qc in masters.get(kind, {}).values() if not qc.get("reused")]
     for key in inventory.groups():
         record = read_record(layout, f"group_{key.name}")
         if record is None:
-            continue  # not selected (objects, filters)
+            if key in wanted:
+                incomplete.append(key.name)
+                problems.append(f"{key.name}: not reduced (its task did not finish; rerun it)")
+            continue  # else not selected (objects, filters)
         groups[key.name] = record
         if record.get("status") == "failed":
             problems.append(f"{key.name}: {record.get('error')}")
@@ -130,8 +146,13 @@ def build_manifest(
         stack = record.get("stack") or {}
         if stack and not stack.get("reused"):
             recomputed.append(stack["file"])
+        if not astrometry_mode:
+            continue
         solved = read_record(layout, f"astrometry_{key.name}")
-        if solved is None or not astrometry_mode or solved.get("mode") != astrometry_mode:
+        if solved is None or solved.get("mode") != astrometry_mode:  # none, or another route's
+            if key in wanted and record.get("status") != "failed":
+                incomplete.append(f"astrometry {key.name}")
+                problems.append(f"{key.name}: not solved (its task did not finish; rerun it)")
             continue
         astrometry[key.name] = solved
         if solved.get("status") == "failed":
@@ -156,6 +177,7 @@ def build_manifest(
         groups=groups,
         astrometry=astrometry,
         problems=problems,
+        incomplete=incomplete,
         recomputed=sorted(set(recomputed)),
         products=products,
         timings={
