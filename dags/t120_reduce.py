@@ -40,13 +40,15 @@ def _params(label: str) -> dict:
     return context["params"]
 
 
-def _results(prepared: object, nights: list[dict]) -> list[dict]:
+def _results(prepared: object) -> list[dict]:
     """The prepared nights' results as a list (one night comes as a bare dict; a night whose
-    preparation failed has none), only those of this batch of `nights`: when a run is cleared
-    and rerun, a mapped instance that is now removed keeps its XCom, which would hand on the
-    groups of a night that is current now (or a night twice)."""
-    results = [prepared] if isinstance(prepared, dict) else list(prepared or [])
+    preparation failed has none), only those of this try's batch of nights: when a run is
+    cleared and rerun, a mapped instance that is now removed keeps its XCom, which would hand
+    on the groups of a night that is current now (or a night twice). The nights are pulled,
+    not passed: when list_nights failed there are none, and nothing is to be planned."""
+    nights = get_current_context()["ti"].xcom_pull(task_ids="list_nights") or []
     batches = {night["batch"] for night in nights}
+    results = [prepared] if isinstance(prepared, dict) else list(prepared or [])
     return [r for r in results if r and r.get("batch") in batches]
 
 
@@ -292,15 +294,15 @@ def t120_reduce() -> None:
         return {**_stage("prepare_night", night, night), "batch": batch}
 
     @task(trigger_rule="all_done")
-    def plan_groups(prepared: object, nights: list[dict]) -> list[dict]:
+    def plan_groups(prepared: object) -> list[dict]:
         """The (night, group) pairs to reduce, from every night that was prepared."""
-        return [pair for r in _results(prepared, nights) for pair in r["groups"]]
+        return [pair for r in _results(prepared) for pair in r["groups"]]
 
     @task(trigger_rule="all_done")
-    def plan_solves(prepared: object, nights: list[dict]) -> list[dict]:
+    def plan_solves(prepared: object) -> list[dict]:
         """The same pairs to solve when an astrometry route is asked, else none: no idle task
         instance takes an `astrometry` pool slot or a worker."""
-        return [pair for r in _results(prepared, nights) if r["solve"] for pair in r["groups"]]
+        return [pair for r in _results(prepared) if r["solve"] for pair in r["groups"]]
 
     @task(map_index_template="{{ label }}")
     def reduce_group(night: str, group: dict, label: str) -> dict:
@@ -325,8 +327,8 @@ def t120_reduce() -> None:
 
     nights = list_nights()
     prepared = prepare_night.expand_kwargs(nights)
-    reduced = reduce_group.expand_kwargs(plan_groups(prepared, nights))
-    solved = solve_group.expand_kwargs(plan_solves(prepared, nights))
+    reduced = reduce_group.expand_kwargs(plan_groups(prepared))
+    solved = solve_group.expand_kwargs(plan_solves(prepared))
     reduced >> solved
     [reduced, solved] >> publish.expand_kwargs(nights)
 
