@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ class StorageError(RuntimeError):
     """A storage location cannot be used; the message names the URL and the reason."""
 
 
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """Explicit S3 settings; empty fields fall back to boto3's own (environment, profiles)."""
@@ -43,6 +48,17 @@ class S3Settings:
     region: str = ""
 
     def client(self) -> Any:
+        """This process's boto3 client for these settings (and the AWS_* environment they fall
+        back to): making one costs ~0.1 s of CPU (its service model), and a stage or a rerun's
+        check of many nights would make several per night. Clients are thread-safe (their
+        sessions are not: each client has its own)."""
+        key = (self, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+        with _CLIENTS_LOCK:
+            if key not in _CLIENTS:
+                _CLIENTS[key] = self._new_client()
+            return _CLIENTS[key]
+
+    def _new_client(self) -> Any:
         import boto3
         from botocore.config import Config
 
