@@ -14,6 +14,8 @@ list the nights with raw data → per night: `prepare_night` (inventory, masters
 A night whose products are all current (same frames, params and code) is dropped by
 `list_nights` after one cheap check (stamps and listings, no frame read); one whose frames
 were touched but not changed stops after its `prepare_night` and is not published again.
+A run whose only work would be nights that failed before for the same night key (every task
+of theirs finished) fails at `list_nights` with their reasons; `overwrite` reduces them anyway.
 Astrometry (param `astrometry`) writes `reduced/` with the solved WCS; an image that does not
 solve fails its night's manifest.
 Every task calls one `ar_tasks` function and passes small dicts through XCom.
@@ -234,7 +236,7 @@ def t120_reduce() -> None:
     @task.short_circuit
     def list_nights() -> list[dict]:
         """Nights in the requested range that have raw data and work to do: a night whose
-        manifest, inventory stamps and products are current (see pipeline.night_is_current)
+        manifest, inventory stamps and products are current (see pipeline.night_state)
         gets no task at all. Nights without raw data are skipped, not failed. Each night comes
         with this try's batch id, which its results carry (see _results). No night to reduce:
         every other task is skipped at once (a short circuit), and the run ends a success; or,
