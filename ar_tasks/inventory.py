@@ -103,7 +103,7 @@ class Problem:
 
     path: str
     reason: str
-    size: int = 0  # the file's stamp when it was read (0: unknown), as Frame's
+    size: int = 0  # the file's stamp when it was read, as Frame's (mtime_ns 0: unknown)
     mtime_ns: int = 0
 
 
@@ -315,7 +315,7 @@ def describes(inventory: Inventory, stamps: dict[str, tuple[int, int]]) -> bool:
     the inventory holds without reading a single frame (the cheap check of a rerun)."""
     recorded = {f.path: (f.size, f.mtime_ns) for f in inventory.frames}
     recorded.update({p.path: (p.size, p.mtime_ns) for p in inventory.quarantined})
-    return recorded == stamps and all(size for size, _ in recorded.values())
+    return recorded == stamps and all(mtime_ns for _, mtime_ns in recorded.values())
 
 
 def _unchanged(night_dir: Path, frame: Frame | None) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from . import camera, storage
+from .inventory import find_raw_files
 
 OBSERVATORY_TZ = ZoneInfo("Europe/Paris")
 NIGHT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -92,21 +93,17 @@ def raw_stamps(
             if _is_raw_file(remote.relpath)
         }
     night_dir = Path(raw_root) / night
-    stamps = {}
-    for folder in camera.FRAME_FOLDERS:
-        directory = night_dir / folder
-        if not directory.is_dir():
-            continue
-        for entry in directory.iterdir():
-            relative = f"{folder}/{entry.name}"
-            if _is_raw_file(relative) and entry.is_file():
-                stat = entry.stat()
-                stamps[relative] = (stat.st_size, stat.st_mtime_ns)
-    return stamps
+    paths, _ = find_raw_files(night_dir)
+    return {path: _stamp(night_dir / path) for path in paths}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _is_raw_file(relative: str) -> bool:
-    """A FITS file directly in one of the frame folders (what the inventory reads)."""
+    """An object key find_raw_files would list: a FITS file directly in a frame folder."""
     folder, _, name = relative.partition("/")
     return (
         folder in camera.FRAME_FOLDERS

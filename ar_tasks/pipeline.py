@@ -131,7 +131,7 @@ def nights_to_reduce(
     if params.get("overwrite"):
         return NightChoice(todo=list(nights))
     options = reduction_options(params, settings)
-    # In threads: in S3 each night's check is three requests, latency more than work.
+    # In threads: in S3 each night's check is a few listings and small downloads: latency.
     states = run_each(
         lambda night: night_state(raw_root, products_root, night, options, s3),
         list(nights),

@@ -237,8 +237,9 @@ def t120_reduce() -> None:
     def list_nights() -> list[dict]:
         """Nights in the requested range that have raw data and work to do: a night whose
         manifest, inventory stamps and products are current (see pipeline.night_state)
-        gets no task at all. Nights without raw data are skipped, not failed. Each night comes
-        with this try's batch id, which its results carry (see _results). No night to reduce:
+        is not handed on: its tasks are skipped. Nights without raw data are skipped, not
+        failed. Each night comes with this try's batch id, which its results carry (see
+        _results). No night to reduce:
         every other task is skipped at once (a short circuit), and the run ends a success; or,
         when some of its nights failed before with the same frames, params and code (every
         task of theirs finished), this task fails at once with their reasons, unretried."""

@@ -8,7 +8,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"   # 2 cores: 4 workers
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 # A task's supervisor waits up to this long between looks at its task (default 5 s), and often
-# saw a 0.2 s task end only then: 1 s took bench-cluster's first pass from 80 s to 54 s. Costs
+# saw a 0.2 s task end only then: 1 s took bench-cluster's first pass from 80 s to 55 s. Costs
 # at most one heartbeat a second per running task to the API server.
 export AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL="${AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL:-1}"
 export AR_RAW_ROOT="${AR_RAW_ROOT:-$_ar_repo/demo_data/raw}"

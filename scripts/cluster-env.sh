@@ -32,7 +32,7 @@ export AIRFLOW_HOME="$AR_CLUSTER_HOME/airflow"
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-16}"
 # The scheduler sleeps this long after a loop that queued nothing (default 1 s). A night's runs
 # are chains of short tasks, each waiting for a loop: 0.2 s took bench-cluster's first pass from
-# 55 s to 42 s and its rerun from 25 s to 10 s, for more CPU of an idle scheduler (see README).
+# 55 s to 43 s and its rerun from 25 s to 9.5 s, for more CPU of an idle scheduler (see README).
 export AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="${AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME:-0.2}"
 # shellcheck source=scripts/airflow-env.sh
 source "$_ar_repo/scripts/airflow-env.sh"

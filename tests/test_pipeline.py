@@ -97,6 +97,7 @@ def test_the_cheap_check_sees_every_change(small_archive, tmp_path):
     assert todo() == []  # the content check renewed the stamps
 
     (night_dir / "ORIGINAL" / "late.fits").write_bytes(frame.read_bytes()[:20000])
+    (night_dir / "ORIGINAL" / "empty.fits").write_bytes(b"")  # a 0-byte file has a stamp too
     assert todo() == [night]
     assert _reduce(str(raw), products, night, params)["status"] == "success"
     assert todo() == []  # the truncated file is quarantined, and its stamp recorded
@@ -147,16 +148,17 @@ def test_a_group_whose_task_did_not_finish_leaves_the_night_to_do(roots, tmp_pat
     raw, products = roots
     params = {"objects": ["M 67"]}
     assert _reduce(raw, products, "2023-05-10", params)["status"] == "success"
-    ready = pipeline.prepare_night(raw, products, "2023-05-10", {**params, "png": True})
+    params["png"] = True  # other params: the night is done again
+    ready = pipeline.prepare_night(raw, products, "2023-05-10", params)
     assert len(ready["groups"]) == 2
     for pair in ready["groups"][1:]:  # the first group's task "dies" before its record
-        pipeline.reduce_group(raw, products, "2023-05-10", pair["group"], {**params, "png": True})
-    summary = pipeline.publish_night(raw, products, "2023-05-10", {**params, "png": True})
+        pipeline.reduce_group(raw, products, "2023-05-10", pair["group"], params)
+    summary = pipeline.publish_night(raw, products, "2023-05-10", params)
     manifest = json.loads((tmp_path / "products" / "2023-05-10" / "manifest.json").read_text())
     name = "{object}_{filter}_{exposure_ms}".format(**ready["groups"][0]["group"])
     assert summary["status"] == "failed" and manifest["incomplete"] == [name]
     assert f"{name}: not reduced (its task did not finish; rerun it)" in manifest["problems"]
-    choice = pipeline.nights_to_reduce(raw, products, ["2023-05-10"], {**params, "png": True})
+    choice = pipeline.nights_to_reduce(raw, products, ["2023-05-10"], params)
     assert choice.todo == ["2023-05-10"] and choice.failed == {}
 
 
