@@ -8,11 +8,13 @@ inventory) still gets a manifest saying why. The schema is in README ("The manif
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import platform
+import re
 import sys
 from collections.abc import Iterable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +82,47 @@ def software_versions(tools: bool) -> dict[str, str]:
     found = {"ar_tasks": __version__, "python": platform.python_version()}
     for name in PYTHON_PACKAGES:
         module = sys.modules.get(VERSION_ATTRIBUTES.get(name, ""))
-        try:  # an imported module knows its version; metadata costs ~3 ms a package
-            found[name] = getattr(module, "__version__", None) or version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
+        # An imported module knows its version; else the wheel's dist-info folder name says it
+        # (importlib.metadata costs ~4 ms a package, 16 ms of every run's manifest).
+        found[name] = getattr(module, "__version__", None) or _installed_version(name)
     if tools:
         for program in ("sextractor", "psfex", "scamp", "solve-field"):
             found[program] = externals.tool_version(program)
     return found
+
+
+def _installed_version(name: str) -> str:
+    versions = _dist_info_versions()
+    wanted = _normalised(name)
+    if wanted in versions:
+        return versions[wanted]
+    from importlib.metadata import PackageNotFoundError, version  # 17 ms to import
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@functools.cache
+def _dist_info_versions() -> dict[str, str]:
+    """{normalised name: version} from the `name-version.dist-info` folders on sys.path (the
+    first one found wins, as for imports): one listing per folder."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for folder in names:
+            if folder.endswith(".dist-info") and "-" in folder:
+                package, _, release = folder[: -len(".dist-info")].rpartition("-")
+                found.setdefault(_normalised(package), release)
+    return found
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def build_manifest(
