@@ -30,7 +30,7 @@ from . import anet_local, anet_online, astromatic, externals, refcat
 from .astro_config import ConfigError, config_file, configs_key
 from .camera import HeaderError
 from .fitsio import read_product, set_card, sha256_file, write_image
-from .layout import ASTROMATIC_FOLDERS, REDUCED
+from .layout import ASTROMATIC_FOLDERS, REDUCED, SCRATCH_PREFIX
 from .lazy_import import fits
 from .logs import VERBOSE
 from .provenance import KEY_KEYWORD, code_identity, input_key, is_current, product_key, stamp
@@ -47,7 +47,6 @@ SEXRES, PSFRES, SCAMPRES = ASTROMATIC_FOLDERS
 MODES = ("none", "astromatic", "astrometrynet_local", "astrometrynet_online")
 DEFAULT_ONLINE_CATALOG = "GAIA-EDR3"
 POSITION_MAXERR_DEG = 0.1  # SCAMP's POSITION_MAXERR (6') in t120.scamp
-SCRATCH_PREFIX = ".ar_astro_"
 REFCAT_ENV, REFCAT_CACHE_ENV = "AR_REFCAT", "AR_REFCAT_CACHE"
 
 log = logging.getLogger(__name__)
@@ -444,14 +443,3 @@ def _keep(outcome: _Outcome, out_dir: Path, work: Path, stem: str) -> None:
         destination = out_dir / SEXRES / f"{stem}.log"
         destination.parent.mkdir(exist_ok=True)
         os.replace(tools_log, destination)
-
-
-def remove_scratch(out_dir: Path, older_than: float) -> list[Path]:
-    """Scratch folders left by killed runs (older than `older_than` seconds)."""
-    now = time.time()
-    removed = []
-    for folder in Path(out_dir).glob(f"{SCRATCH_PREFIX}*"):
-        if folder.is_dir() and now - folder.stat().st_mtime > older_than:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed

@@ -16,20 +16,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__, nightplan, pipeline
-from .astrometry import AstrometryOptions
-from .inventory import Inventory
+from . import __version__
 from .layout import NightLayout
 from .logs import ROOT, VERBOSE, ContextFilter
-from .nightplan import NightPlan, ReductionOptions
 from .steps import StepError, clear_night, load_inventory, publish, remove_temporaries, setup_night
 from .storage import StorageError, is_s3
 from .threads import default_jobs
 from .workspace import night_workspace
+
+if TYPE_CHECKING:  # the reduction's modules (and numpy) are imported by _reduce alone:
+    # `astro_reduce --setup` reads headers and copies files, and starts faster without them
+    from .astrometry import AstrometryOptions
+    from .inventory import Inventory
+    from .nightplan import NightPlan
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,9 @@ def _setup(layout: NightLayout, link: bool, copies: bool = True) -> None:
 
 def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> None:
     """The night plan's masters, groups and astrometry in one thread graph, then the manifest."""
+    from . import nightplan, pipeline
+    from .nightplan import NightPlan, ReductionOptions
+
     log.info("Parsing configuration file `%s`.", layout.config_file.name)
     inventory = load_inventory(layout)
     remove_temporaries(layout)
@@ -335,6 +341,8 @@ def _headings(plan: NightPlan, stages: list[str]) -> None:
 
 def _astrometry_options(options: dict[str, Any]) -> AstrometryOptions:
     """The astrometry flags with the README's implications, and their settings."""
+    from .astrometry import AstrometryOptions
+
     settings = {
         field: options[name] for name, field in ASTROMETRY_SETTINGS.items() if options[name]
     }

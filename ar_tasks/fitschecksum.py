@@ -8,10 +8,14 @@ written, and is made again rather than reused.
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .fitsheader import BLOCK, Header, HeaderError, header_end
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # `astro_reduce --setup` never needs an array (lazy_import)
+    from .lazy_import import numpy as np
 
 ALL_ONES = 0xFFFFFFFF
 PLACEHOLDER = "0" * 16  # CHECKSUM's value while the header is summed

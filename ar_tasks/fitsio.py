@@ -20,15 +20,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
-
-from .fitschecksum import PLACEHOLDER, encode, fold, ones_complement_sum
+from .fitschecksum import PLACEHOLDER, encode, ones_complement_sum
 from .fitsheader import BLOCK, CARD, Header, HeaderError, header_end
 
+if TYPE_CHECKING:
+    import numpy as np
+else:  # `astro_reduce --setup` never needs an array (lazy_import)
+    from .lazy_import import numpy as np
+
 _GZIP_MAGIC = b"\x1f\x8b"
-WRITE_BUFFER_PIXELS = 1 << 16  # pixels byte-swapped and summed at a time when writing
 _PIXEL_TYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
@@ -46,12 +48,44 @@ class RawFrame:
 
 
 def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
+    """SHA-256 of a file's bytes, read in chunks; for a file this process wrote, the digest of
+    the bytes it wrote, as long as the file is still the one written (same inode, size and
+    times): a night's manifest then reads none of its 0.15 GB of products again."""
+    written = _written_digest(path)
+    if written is not None:
+        return written
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_written: dict[str, tuple[tuple[int, ...], str]] = {}  # absolute path -> (identity, SHA-256)
+_written_lock = threading.Lock()
+
+
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What any later write or replacement of a file changes (a rename sets ctime)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _remember_written(path: Path, sha256: str) -> None:
+    identity = _identity(os.stat(path))
+    with _written_lock:
+        _written[os.path.abspath(path)] = (identity, sha256)
+
+
+def _written_digest(path: Path) -> str | None:
+    with _written_lock:
+        known = _written.get(os.path.abspath(path))
+    if known is None:
+        return None
+    try:
+        identity = _identity(os.stat(path))
+    except OSError:
+        return None
+    return known[1] if identity == known[0] else None
 
 
 FileStamp = tuple[int, int, int]  # (size, mtime_ns, ctime_ns)
@@ -105,22 +139,22 @@ def scan_frame(path: Path) -> FrameScan:
     """Like read_frame, but integer pixels are never converted to float: they cannot be NaN
     or infinite, so only BLANK pixels are counted as undefined (half the work of a read)."""
     raw, sha, stamps = _file_bytes(path)
-    plain = _plain_stored(raw)
-    if plain is None:
+    layout = _plain_layout(raw)
+    if layout is None:
         header, pixels = _image_by_astropy(raw)
+        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
         nonfinite = int(np.count_nonzero(~np.isfinite(pixels)))
     else:
-        header, pixels = plain
-        if pixels.dtype.kind == "f":
-            nonfinite = int(np.count_nonzero(~np.isfinite(pixels)))
-        elif "BLANK" in header:
-            nonfinite = int(np.count_nonzero(pixels == header["BLANK"]))
-        else:
+        header, shape, end = layout
+        if header["BITPIX"] < 0 or "BLANK" in header:  # the pixels are looked at
+            pixels = _stored_pixels(raw, header, shape, end)
+            undefined = ~np.isfinite(pixels) if header["BITPIX"] < 0 else pixels == header["BLANK"]
+            nonfinite = int(np.count_nonzero(undefined))
+        else:  # integers without BLANK are all defined: no array (and no numpy) needed
             nonfinite = 0
     before, after = stamps
     steady = before == after and not racy_ns(after)
     known = KnownFile(before, sha) if steady else None
-    shape = (int(pixels.shape[0]), int(pixels.shape[1]))
     return FrameScan(header, shape, nonfinite, sha, after, known)
 
 
@@ -183,7 +217,13 @@ def _image(raw: bytes) -> tuple[Header, np.ndarray]:
 
 def _plain_stored(raw: bytes) -> tuple[Header, np.ndarray] | None:
     """Header and stored pixels (as on disk) of a plain 2-D primary image; None for anything
-    else.
+    else."""
+    layout = _plain_layout(raw)
+    return None if layout is None else (layout[0], _stored_pixels(raw, *layout))
+
+
+def _plain_layout(raw: bytes) -> tuple[Header, tuple[int, int], int] | None:
+    """Header, shape and data offset of a plain 2-D primary image; None for anything else.
 
     Only a file whose data would be cut short raises here (FrameError); every other oddity is
     left to astropy, whose messages then name it.
@@ -200,11 +240,15 @@ def _plain_stored(raw: bytes) -> tuple[Header, np.ndarray] | None:
     shape = _image_shape(header)
     if shape is None:
         return None
-    dtype = np.dtype(_PIXEL_TYPES[header["BITPIX"]])
-    count = shape[0] * shape[1]
-    if len(raw) < end + count * dtype.itemsize:
+    if len(raw) < end + shape[0] * shape[1] * abs(header["BITPIX"]) // 8:
         raise _truncated(len(raw))
-    return header, np.frombuffer(raw, dtype, count, end).reshape(shape)
+    return header, shape, end
+
+
+def _stored_pixels(raw: bytes, header: Header, shape: tuple[int, int], end: int) -> np.ndarray:
+    """The pixels as stored (no scaling), a view of `raw`."""
+    dtype = np.dtype(_PIXEL_TYPES[header["BITPIX"]])
+    return np.frombuffer(raw, dtype, shape[0] * shape[1], end).reshape(shape)
 
 
 def _image_shape(header: Header) -> tuple[int, int] | None:
@@ -305,31 +349,40 @@ def write_image(path: Path, data: np.ndarray, header: Any = None) -> Path:
     """Write a float32 image atomically: a temporary file in the same folder, then a rename.
 
     A crash leaves either the old product or the new one, never a partial file under the name.
-    The pixels go out big-endian through a small buffer, summed on the way (DATASUM), and the
-    header, whose size does not depend on the sums, is written last into the room left for
-    it: no frame-sized copy, and no timestamp, so equal inputs give identical bytes.
+    The pixels are byte-swapped into this thread's scratch array (big-endian), summed
+    (DATASUM), the header, whose size does not depend on the sums, is completed, and the whole
+    is hashed on its way out (sha256_file then knows it). No timestamp: equal inputs give
+    identical bytes.
     """
     pixels = np.ascontiguousarray(data, dtype=np.float32)
     full = _image_header(pixels.shape, header)
-    values = pixels.reshape(-1)
 
-    def write(stream: IO[bytes]) -> None:
-        stream.seek(len(full.tobytes()))
-        buffer = np.empty(min(values.size, WRITE_BUFFER_PIXELS), dtype=">f4")
-        total = 0
-        for start in range(0, values.size, buffer.size):
-            chunk = buffer[: min(buffer.size, values.size - start)]
-            np.copyto(chunk, values[start : start + chunk.size])  # byte-swapped here
-            total += int(chunk.view(">u4").sum(dtype=np.uint64))
-            stream.write(chunk.view(np.uint8).data)
-        stream.write(bytes(-values.nbytes % BLOCK))
-        datasum = fold(total)
+    def write(stream: IO[bytes]) -> str:
+        stored = _big_endian(pixels.reshape(-1))
+        datasum = ones_complement_sum(stored)
         full["DATASUM"] = (str(datasum), "data unit checksum")
         full["CHECKSUM"] = (encode(ones_complement_sum(full.tobytes(), datasum)), "HDU checksum")
-        stream.seek(0)
-        stream.write(full.tobytes())
+        digest = hashlib.sha256()
+        for part in (full.tobytes(), stored.view(np.uint8).data, bytes(-stored.nbytes % BLOCK)):
+            digest.update(part)
+            stream.write(part)
+        return digest.hexdigest()
 
     return write_atomic(path, write)
+
+
+_write_scratch = threading.local()
+
+
+def _big_endian(values: np.ndarray) -> np.ndarray:
+    """`values` as big-endian float32 in this thread's scratch array (grown to the largest
+    frame written, then reused: fresh pages cost 1 ms per 4 MB)."""
+    buffer = getattr(_write_scratch, "buffer", None)
+    if buffer is None or buffer.size < values.size:
+        buffer = _write_scratch.buffer = np.empty(values.size, dtype=">f4")
+    stored = buffer[: values.size]
+    np.copyto(stored, values)
+    return stored
 
 
 def _image_header(shape: tuple[int, ...], header: Any) -> Header:
@@ -352,21 +405,29 @@ def _image_header(shape: tuple[int, ...], header: Any) -> Header:
 
 def write_bytes_atomic(path: Path, payload: bytes) -> Path:
     """Write any small product (JSON, PNG) atomically, like write_image."""
-    return write_atomic(path, lambda stream: stream.write(payload))
+
+    def write(stream: IO[bytes]) -> str:
+        stream.write(payload)
+        return hashlib.sha256(payload).hexdigest()
+
+    return write_atomic(path, write)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call `write` on a temporary file beside `path`, then rename it to `path`."""
+    """Call `write` on a temporary file beside `path`, then rename it to `path`. When `write`
+    returns the SHA-256 of what it wrote, sha256_file(path) answers with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            write(stream)
+            digest = write(stream)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    if isinstance(digest, str):
+        _remember_written(path, digest)
     return path
 
 

@@ -14,6 +14,7 @@ STACKED = "stacked"
 REDUCED = "reduced"
 ASTROMATIC_FOLDERS = ("SEXRES", "PSFRES", "SCAMPRES")
 INVENTORY_FILE = "ar_inventory.json"
+SCRATCH_PREFIX = ".ar_astro_"  # an astrometry run's scratch folder in the products folder
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,10 @@ class NightLayout:
 
     def stack(self, group: GroupKey) -> Path:
         return self.stacked / f"{group.name}.fits"
+
+
+def png_path(fits_path: Path) -> Path:
+    """astro_reduce's PNG name: the FITS path up to '.fits', plus '.png'."""
+    name = fits_path.name
+    stem = name[: name.lower().index(".fit")] if ".fit" in name.lower() else fits_path.stem
+    return fits_path.with_name(stem + ".png")

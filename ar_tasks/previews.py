@@ -14,6 +14,7 @@ import numpy as np
 
 from .combine import block_sum
 from .fitsio import read_product, write_bytes_atomic
+from .layout import png_path
 
 PREVIEW_PIXELS = 512
 TITLE_HEIGHT, MARGIN, BAR_WIDTH, LABEL_WIDTH = 22, 8, 16, 70  # px of the PNG layout
@@ -108,13 +109,6 @@ def render_png(image: np.ndarray, title: str) -> bytes:
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
     return buffer.getvalue()
-
-
-def png_path(fits_path: Path) -> Path:
-    """astro_reduce's PNG name: the FITS path up to '.fits', plus '.png'."""
-    name = fits_path.name
-    stem = name[: name.lower().index(".fit")] if ".fit" in name.lower() else fits_path.stem
-    return fits_path.with_name(stem + ".png")
 
 
 def write_preview(fits_path: Path) -> Path:

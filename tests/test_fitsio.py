@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import time
 import warnings
@@ -205,6 +206,45 @@ def test_the_cosmetic_path_never_imports_astropy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_setup_never_imports_numpy(raw_file):
+    """`astro_reduce --setup` reads headers and hashes bytes: an integer frame without BLANK
+    is scanned (shape, undefined pixels, SHA-256) without numpy, which costs 0.05 s a process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ar_tasks.cli, ar_tasks.steps.setup\n"
+        "from ar_tasks import fitsio\n"
+        f"scan = fitsio.scan_frame({str(raw_file)!r})\n"
+        "print(scan.shape, scan.nonfinite, 'numpy' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["(64,", "48)", "0", "False"]
+
+
+def test_a_written_product_is_hashed_once_unless_changed(tmp_path):
+    """write_image hashes the bytes it writes; sha256_file answers with that digest while the
+    file is the one written, and reads the file again once it was replaced or edited."""
+    path = tmp_path / "product.fits"
+    fitsio.write_image(path, DATA.astype(np.float32))
+    assert fitsio._written_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fitsio.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    other = tmp_path / "other.fits"
+    fits.PrimaryHDU((DATA + 1).astype(np.float32)).writeto(other)
+    os.replace(other, path)  # same size, another inode
+    assert fitsio._written_digest(path) is None
+    assert fitsio.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    fitsio.write_image(path, DATA.astype(np.float32))
+    before = os.stat(path)
+    with open(path, "r+b") as stream:  # edited in place, its mtime moved on
+        stream.seek(2880 + 10)
+        stream.write(b"\x7f")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert fitsio._written_digest(path) is None
+    assert fitsio.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_a_known_unchanged_file_is_not_hashed_again(raw_file):

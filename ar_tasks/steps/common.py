@@ -17,9 +17,8 @@ from ..fitsio import (
     write_image,
 )
 from ..inventory import Frame
-from ..layout import NightLayout
+from ..layout import NightLayout, png_path
 from ..logs import VERBOSE
-from ..previews import png_path
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import astrometry
 from ..fitsio import write_bytes_atomic
 from ..inventory import Frame, Inventory, take_inventory
-from ..layout import ASTROMATIC_FOLDERS, REDUCED, WORKING_FOLDERS, NightLayout
+from ..layout import ASTROMATIC_FOLDERS, REDUCED, SCRATCH_PREFIX, WORKING_FOLDERS, NightLayout
 from ..logs import VERBOSE
 from ..threads import default_jobs, run_each
 from .common import StepError
@@ -167,7 +166,18 @@ def remove_temporaries(layout: NightLayout, older_than: float = TEMPORARY_MAX_AG
                 path.unlink(missing_ok=True)
                 removed.append(path)
     if layout.out_dir.is_dir():
-        removed += astrometry.remove_scratch(layout.out_dir, SCRATCH_MAX_AGE)
+        removed += _remove_scratch(layout.out_dir, SCRATCH_MAX_AGE)
+    return removed
+
+
+def _remove_scratch(out_dir: Path, older_than: float) -> list[Path]:
+    """Astrometry scratch folders left by killed runs (older than `older_than` seconds)."""
+    now = time.time()
+    removed = []
+    for folder in Path(out_dir).glob(f"{SCRATCH_PREFIX}*"):
+        if folder.is_dir() and now - folder.stat().st_mtime > older_than:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     return removed
 
 
