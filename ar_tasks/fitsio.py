@@ -66,8 +66,9 @@ _written_lock = threading.Lock()
 
 
 def _identity(stat: os.stat_result) -> tuple[int, ...]:
-    """What any later write or replacement of a file changes (a rename sets ctime)."""
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    """The file's stamp, which any later write changes, and its inode, which a replacement
+    (rename) changes."""
+    return stat.st_dev, stat.st_ino, *file_stamp(stat)
 
 
 def _remember_written(path: Path, sha256: str) -> None:
@@ -376,7 +377,7 @@ _write_scratch = threading.local()
 
 def _big_endian(values: np.ndarray) -> np.ndarray:
     """`values` as big-endian float32 in this thread's scratch array (grown to the largest
-    frame written, then reused: fresh pages cost 1 ms per 4 MB)."""
+    frame written, then reused: refilled pages are cheaper than fresh ones, see _read_all)."""
     buffer = getattr(_write_scratch, "buffer", None)
     if buffer is None or buffer.size < values.size:
         buffer = _write_scratch.buffer = np.empty(values.size, dtype=">f4")

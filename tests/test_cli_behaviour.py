@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,25 @@ def _tree(root: Path) -> set[str]:
 
 def _stacks(night: Path) -> set[str]:
     return {p.stem for p in (night / "stacked").glob("*.fits")}
+
+
+def test_setup_never_imports_numpy(small_night):
+    """`astro_reduce --setup` reads headers, hashes bytes and copies files: on a night of
+    integer frames without BLANK it runs without numpy (0.05 s of every setup) and without
+    the reduction's modules."""
+    code = (
+        "import atexit, sys\n"
+        "from ar_tasks.cli import main\n"
+        "atexit.register(lambda: print('numpy imported:', 'numpy' in sys.modules))\n"
+        "sys.argv = ['astro_reduce', '--setup']\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=small_night, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert (small_night / "ar_inventory.json").is_file()
+    assert result.stdout.strip().splitlines()[-1] == "numpy imported: False"
 
 
 def test_reduction_without_setup_says_so(small_night):

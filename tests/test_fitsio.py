@@ -208,23 +208,6 @@ def test_the_cosmetic_path_never_imports_astropy():
     assert result.stdout.strip() == "[]"
 
 
-def test_setup_never_imports_numpy(raw_file):
-    """`astro_reduce --setup` reads headers and hashes bytes: an integer frame without BLANK
-    is scanned (shape, undefined pixels, SHA-256) without numpy, which costs 0.05 s a process."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, ar_tasks.cli, ar_tasks.steps.setup\n"
-        "from ar_tasks import fitsio\n"
-        f"scan = fitsio.scan_frame({str(raw_file)!r})\n"
-        "print(scan.shape, scan.nonfinite, 'numpy' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["(64,", "48)", "0", "False"]
-
-
 def test_a_written_product_is_hashed_once_unless_changed(tmp_path):
     """write_image hashes the bytes it writes; sha256_file answers with that digest while the
     file is the one written, and reads the file again once it was replaced or edited."""
