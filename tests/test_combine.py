@@ -77,6 +77,30 @@ def test_stack_median_in_memory_and_spilled(budget, tmp_path):
     assert list(tmp_path.iterdir()) == []  # scratch removed
 
 
+@pytest.mark.parametrize("budget", [0, 10**9])
+def test_sparse_stack_gives_back_every_frame_exactly(budget, tmp_path):
+    """Detection images (mostly zero) are kept as their non-zero pixels, in memory or
+    spilled; every frame, row block and median comes back bit for bit, and a frame that is
+    not mostly zero is kept dense."""
+    rng = np.random.default_rng(3)
+    frames = [rng.normal(size=(64, 48)).astype(np.float32) for _ in range(4)]
+    for frame in frames[:3]:
+        frame[frame < 1.5] = 0  # 7% of the pixels remain
+    with FrameStack(memory_budget=budget, scratch_dir=tmp_path, sparse=True) as stack:
+        for frame in frames:
+            stack.append(frame)
+        buffer = np.full(64 * 48, np.nan, dtype=np.float32)
+        for index, frame in enumerate(frames):
+            np.testing.assert_array_equal(stack.frame(index), frame)
+            np.testing.assert_array_equal(stack.frame(index, out=buffer), frame)
+            np.testing.assert_array_equal(stack.rows(index, 10, 17), frame[10:17])
+        np.testing.assert_array_equal(stack.median(), np.median(frames, axis=0))
+        if budget:
+            dense_bytes = frames[3].nbytes
+            assert stack._in_memory < dense_bytes + 3 * dense_bytes // 5  # 3 sparse, 1 dense
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stack_rejects_other_shapes():
     with FrameStack() as stack:
         stack.append(np.zeros((4, 4)))

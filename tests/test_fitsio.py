@@ -285,3 +285,26 @@ def test_products_of_other_layouts_are_read_too(tmp_path):
     ours.write_bytes(ours.read_bytes()[:-4000])
     with pytest.raises(fitsio.FrameError, match=r"p\.fits is truncated"):
         fitsio.read_product(ours)  # named, not a short array
+
+
+def test_product_rows_read_any_rows_of_ours_and_of_other_layouts(tmp_path):
+    """Row ranges come back as read_product gives them, from our layout (read in place) and
+    from another one (read whole once); a truncated product is named."""
+    image = np.random.default_rng(5).normal(size=(64, 48)).astype(np.float32)
+    ours = fitsio.write_image(tmp_path / "aux.fits", image)
+    other = tmp_path / "other.fits"
+    fits.PrimaryHDU(DATA.astype(np.int32)).writeto(other)
+    buffer = np.full(24 * 48, np.nan, dtype=np.float32)
+    for path, expected in ((ours, image), (other, DATA.astype(np.float32))):
+        rows = fitsio.ProductRows(path)
+        assert rows.shape == (64, 48)
+        for start, stop in ((0, 20), (30, 47), (50, 64), (10, 10)):
+            got = rows.read(start, stop, buffer)
+            assert got.dtype == np.float32 and got.shape == (stop - start, 48)
+            np.testing.assert_array_equal(got, expected[start:stop])
+    rows = fitsio.ProductRows(ours)
+    ours.write_bytes(ours.read_bytes()[:-4000])
+    with pytest.raises(fitsio.FrameError, match=r"aux\.fits is truncated"):
+        rows.read(40, 64, buffer)
+    with pytest.raises(fitsio.FrameError, match=r"missing\.fits cannot be read"):
+        fitsio.ProductRows(tmp_path / "missing.fits")

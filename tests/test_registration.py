@@ -106,3 +106,22 @@ def test_stack_has_no_wrapped_flux_and_rejects_cosmic_rays():
 def test_ghost_fraction():
     shifts = [registration.Shift(10, -80, 5), registration.Shift(1, 1, 5)]
     assert registration.ghost_fraction(shifts, (512, 512)) == pytest.approx(80 / 512)
+
+
+@pytest.mark.parametrize(
+    "dy, dx", [(0, 0), (2.3, -1.7), (-0.4, 0.9), (10.9995, 3), (-250, 1.5), (400, 0), (7.5, -300)]
+)
+def test_shifting_rows_from_windows_is_shifting_the_frame(dy, dx):
+    """Any block of output rows, made from only the source rows it needs, is bit-identical
+    to the same rows of the whole shifted frame (the stack is made this way)."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(300, 257)).astype(np.float32)
+    image[5, 7] = np.nan
+    whole = registration.shift_image(image, dy, dx)
+    blocks = np.empty_like(whole)
+    for start in range(0, 300, 37):
+        stop = min(300, start + 37)
+        low, high = registration.source_rows(300, dy, start, stop)
+        window = image[low:high].copy()  # nothing outside the rows it says it needs
+        registration.shift_rows(window, low, 300, dy, dx, start, stop, blocks[start:stop])
+    np.testing.assert_array_equal(blocks, whole)

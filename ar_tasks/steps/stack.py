@@ -15,9 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from .. import combine, registration
+from .. import combine, registration, stacking
 from ..combine import FrameStack, median_of
-from ..fitsio import frame_header, product_header, read_header, read_product, set_card, write_image
+from ..fitsio import (
+    FrameError,
+    ProductRows,
+    frame_header,
+    product_header,
+    read_header,
+    read_product,
+    set_card,
+    write_image,
+)
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
 from ..logs import VERBOSE
@@ -66,6 +75,8 @@ def stack_recipe() -> dict[str, Any]:
     code = code_identity(
         registration,
         combine,
+        stacking,
+        ProductRows,
         register_group,
         _sky_level,
         _measure_shifts,
@@ -114,7 +125,7 @@ def register_group(
         )
         return Alignment(group, present, key, record, reused=True)
     started = time.perf_counter()
-    with FrameStack() as detections:
+    with FrameStack(sparse=True) as detections:
         skies, scores = [], []
         for frame in present:
             aux = read_product(layout.aux(frame))[0]
@@ -161,11 +172,12 @@ def _measure_shifts(
             "%s: %s; the frames are combined without alignment.", frames[reference].path, exc
         )
         return {i: registration.Shift(0.0, 0.0, 0.0) for i in range(len(frames))}, {}, False
+    buffer = np.empty(correlator.shape[0] * correlator.shape[1], dtype=np.float32)
     for index in range(len(frames)):
         if index == reference:
             continue
         try:
-            shifts[index] = correlator.shift(detections.frame(index))
+            shifts[index] = correlator.shift(detections.frame(index, out=buffer))
         except registration.RegistrationError as exc:
             log.warning("%s: %s; left out of the stack.", frames[index].path, exc)
             failed[index] = str(exc)
@@ -181,15 +193,18 @@ def combine_group(layout: NightLayout, alignment: Alignment) -> dict[str, Any]:
     group, frames, shifts = alignment.group, alignment.frames, alignment.shifts
     ref_index, skies, failed = alignment.reference, alignment.skies, alignment.failed
     used = [i for i in range(len(frames)) if i not in failed]
-    with FrameStack() as aligned:
-        for index in used:
-            aux = read_product(layout.aux(frames[index]))[0]
-            shifted = registration.shift_image(aux, shifts[index].dy, shifts[index].dx)
-            shifted += np.float32(skies[ref_index] - skies[index])
-            aligned.append(shifted, copy=False)
-        assert aligned.shape is not None
-        fraction = registration.ghost_fraction([shifts[i] for i in used], aligned.shape)
-        data = aligned.median()
+    sources = [ProductRows(layout.aux(frames[i])) for i in used]
+    shape = sources[0].shape
+    for source in sources:
+        if source.shape != shape:
+            raise FrameError(f"{source.path}: shape {source.shape} differs from {shape}")
+    fraction = registration.ghost_fraction([shifts[i] for i in used], shape)
+    data = stacking.shifted_median(
+        [source.read for source in sources],
+        shape,
+        [shifts[i] for i in used],
+        [skies[ref_index] - skies[i] for i in used],
+    )
     ghost_risk = fraction > registration.GHOST_WARNING_FRACTION
     if ghost_risk:
         log.warning(
