@@ -296,7 +296,8 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
     plan = NightPlan.build(inventory, reduction)
     stages = ["solve"] if options["astrometryonly"] else list(nightplan.STAGES)
     _headings(plan, stages)
-    run = plan.run(plan.start(layout), stages, jobs=options["jobs"] or default_jobs())
+    jobs = options["jobs"] or default_jobs()
+    run = plan.run(plan.start(layout), stages, jobs=jobs, processes=True)
     run.save()
     if "group" in stages and reduction.stack_png:
         log.info("Writing PNG versions of stacked images... Done.")

@@ -154,9 +154,10 @@ def _middle(ordered: np.ndarray, missing: np.ndarray) -> np.ndarray:
 class MemoryBudget:
     """Bytes of frames that stacks sharing this budget may hold in RAM together.
 
-    One budget per process (`process_budget()`), shared by every FrameStack of every thread,
-    keeps peak memory flat however many groups run at once and however many frames they hold:
-    a stack that cannot take more spills its next frames to disk.
+    One budget per process (`process_budget()`; each worker process has its own), shared by
+    every FrameStack of every thread, keeps peak memory flat however many groups run at once
+    and however many frames they hold: a stack that cannot take more spills its next frames
+    to disk.
     """
 
     def __init__(self, limit: int):

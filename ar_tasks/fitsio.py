@@ -77,6 +77,21 @@ def _remember_written(path: Path, sha256: str) -> None:
         _written[os.path.abspath(path)] = (identity, sha256)
 
 
+def take_written() -> dict[str, tuple[tuple[int, ...], str]]:
+    """The digests of the files this process wrote, forgotten here (a worker process hands
+    them to its parent with adopt_written)."""
+    with _written_lock:
+        taken = dict(_written)
+        _written.clear()
+    return taken
+
+
+def adopt_written(entries: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Trust digests another process took of the files it wrote (while they hold)."""
+    with _written_lock:
+        _written.update(entries)
+
+
 def _written_digest(path: Path) -> str | None:
     with _written_lock:
         known = _written.get(os.path.abspath(path))

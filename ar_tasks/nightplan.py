@@ -1,6 +1,7 @@
 """The night plan: every task of a night's reduction, what it reads and writes, what it needs.
 
-One plan, two faces. The `astro_reduce` command runs a whole plan in its thread graph; the DAG
+One plan, two faces. The `astro_reduce` command runs a whole plan in its thread graph (the
+groups' cosmetic tasks in worker processes, which share no GIL: see workers); the DAG
 runs it stage by stage (the masters in the night's task, each group's cosmetic tasks in that
 group's task, its astrometry in the astrometry pool) and the S3 workspace downloads exactly what
 a stage's tasks declare they read. No dependency rule is written anywhere else.
@@ -41,6 +42,8 @@ from .steps import calibrate, masters, previews, solve, stack
 from .steps.common import StepError, problem, remove_stale
 from .steps.publish import build_manifest, write_record
 from .threads import Task, run_graph
+from .workers import WorkerPool, worker_pool
+from .workers import state as worker_state
 
 log = logging.getLogger(__name__)
 STAGES = ("masters", "group", "solve")
@@ -59,6 +62,9 @@ KIND_ORDER = (
     "solve",
 )
 FAILURES = (StepError, FrameError, ValueError, OSError)  # a task's own, recorded failures
+# Kinds a worker process may run: numpy work on one group's files, whose state is the group's
+# record and alignment alone (the masters share one record; solves wait on their tools).
+FORKED_KINDS = ("calibrate", "register", "combine", "previews")
 
 
 @dataclass(frozen=True)
@@ -426,18 +432,27 @@ class NightPlan:
         group: GroupKey | None = None,
         jobs: int = 1,
         kinds: Iterable[str] | None = None,
+        processes: bool = False,
     ) -> NightRun:
         """Run the chosen tasks in the thread graph, each once the chosen tasks it needs are
-        done (needs outside the choice were met by an earlier stage)."""
+        done (needs outside the choice were met by an earlier stage). With `processes`, the
+        groups' cosmetic tasks run in forked workers (see workers) when two groups can."""
         ordered = sorted(
             self.select(stages, group, kinds), key=lambda t: KIND_ORDER.index(t.kind)
         )  # stable: within a kind, the plan's order
         chosen = {t.name: t for t in ordered}
-        graph: dict[str, Task] = {}
-        for task in chosen.values():
-            needs = tuple(n for n in task.needs if n in chosen)
-            graph[task.name] = (_guarded(task, night), needs)
-        run_graph(graph, jobs)
+        forked = {t.name for t in ordered if t.kind in FORKED_KINDS}
+        groups = {chosen[name].group for name in forked}
+        workers_wanted = jobs if processes and len(groups) > 1 else 1
+        with worker_pool(workers_wanted, (self, night.layout, night.options)) as pool:
+            graph: dict[str, Task] = {}
+            for task in chosen.values():
+                needs = tuple(n for n in task.needs if n in chosen)
+                work = _guarded(task, night)
+                if pool is not None and task.name in forked:
+                    work = _in_worker(pool, task, night)
+                graph[task.name] = (work, needs)
+            run_graph(graph, jobs)
         return night
 
 
@@ -462,6 +477,32 @@ def _guarded(task: PlanTask, night: NightRun) -> Callable[[], None]:
                     night.record(group_record(task.group)).update(status="failed", error=message)
 
     return work
+
+
+def _in_worker(pool: WorkerPool, task: PlanTask, night: NightRun) -> Callable[[], None]:
+    """The task in a worker process, given its group's record and alignment and giving them
+    back: a group's cosmetic tasks run one after the other, so no other task holds them."""
+    assert task.group is not None
+
+    def work() -> None:
+        name = group_record(task.group)
+        records = {name: night.records[name]} if name in night.records else {}
+        aligned = night.alignments.pop(task.group, None)
+        alignments = {task.group: aligned} if aligned is not None else {}
+        records, alignments = pool.call(_run_in_worker, task.name, records, alignments)
+        night.records.update(records)
+        night.alignments.update(alignments)
+
+    return work
+
+
+def _run_in_worker(
+    name: str, records: dict[str, dict[str, Any]], alignments: dict[GroupKey, stack.Alignment]
+) -> tuple[dict[str, dict[str, Any]], dict[GroupKey, stack.Alignment]]:
+    plan, layout, options = worker_state()
+    night = NightRun(layout, options, records, alignments)
+    _guarded(plan.tasks[name], night)()
+    return night.records, night.alignments
 
 
 # ---------------------------------------------------------------------- the tasks' bodies

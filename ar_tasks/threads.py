@@ -1,7 +1,8 @@
 """Running one function over many items in threads, results in the items' order.
 
 The reduction's hot loops are numpy, hashing and file I/O, which release the GIL, so threads
-use both cores without the pickling and memory cost of processes.
+use both cores without the pickling and memory cost of processes, as long as each call is
+long; the CLI runs its groups' block-by-block numpy work in worker processes (see workers).
 """
 
 from __future__ import annotations

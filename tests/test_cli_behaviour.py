@@ -242,6 +242,48 @@ def test_bad_inputs_are_named_and_the_rest_is_reduced(small_night):
     assert source.read_bytes() == original
 
 
+def _without_seconds(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_seconds(v) for v in value]
+    return value
+
+
+def test_worker_processes_reduce_exactly_as_threads(small_night, tmp_path):
+    """`--jobs 2` runs the groups' cosmetic tasks in forked workers, `--jobs 1` in the calling
+    thread: same products byte for byte, same records, and the workers' messages (an error
+    about a frame damaged after --setup, the warning that follows) reach the console, the log
+    file and the final count exactly as the thread's do."""
+    nights = {}
+    for jobs in ("1", "2"):
+        night = tmp_path / f"jobs{jobs}" / small_night.name
+        shutil.copytree(small_night, night)
+        assert run_cli(night, "--setup").returncode == 0
+        damaged = _science_frame(night)
+        damaged.write_bytes(damaged.read_bytes()[:20000])
+        nights[jobs] = (night, run_cli(night, "-i", "--jobs", jobs))
+    outcomes = {}
+    for jobs, (night, result) in nights.items():
+        manifest = json.loads((night / "manifest.json").read_text())
+        log_lines = (night / "astro_reduce.log").read_text().splitlines()
+        outcomes[jobs] = {
+            "code": result.returncode,
+            "stdout": [x for x in result.stdout.splitlines() if "astro_reduce done" not in x],
+            "stderr": result.stderr.splitlines(),
+            "log": sorted(x.split(" ", 1)[1] for x in log_lines if " " in x),
+            "products": [(p["path"], p["sha256"]) for p in manifest["products"]],
+            "groups": _without_seconds(manifest["groups"]),
+            "problems": manifest["problems"],
+        }
+    serial, workers = outcomes["1"], outcomes["2"]
+    assert workers["code"] == serial["code"] == 1
+    assert f"E: ORIGINAL/{_science_frame(small_night).name} is truncated" in workers["stderr"][0]
+    assert any("M-67_R_60000: W: The aux frame of" in x for x in workers["log"])
+    for part in serial:
+        assert workers[part] == serial[part], part
+
+
 def test_raw_frame_changed_after_setup_is_refused(small_night):
     run_cli(small_night, "--setup")
     changed = _science_frame(small_night)
@@ -287,6 +329,18 @@ def test_version_and_help(small_night):
     assert "--nomaster" in helptext.stdout and "--nostack" in helptext.stdout
 
 
+def _processes_in(folder: Path) -> list[int]:
+    """The processes whose working directory is `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cwd").resolve() == folder.resolve():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_killed_run_leaves_no_partial_product(small_night):
     """A reduction killed at any moment leaves only complete products; a rerun finishes cleanly."""
     run_cli(small_night, "--setup")
@@ -316,6 +370,12 @@ def test_killed_run_leaves_no_partial_product(small_night):
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
+        left = sorted(products())
+        # Its worker processes died with it: none goes on writing products.
+        while time.monotonic() < deadline and _processes_in(small_night):
+            time.sleep(0.01)
+        assert not _processes_in(small_night)
+        assert sorted(products()) == left
         assert products()  # the kill came after some products were written
         fitsverify(products())
     leftover = small_night / "ar_cosmetic" / ".M-67_V_60000_x_aux.fits.abc123.part"
