@@ -32,6 +32,25 @@ def test_harness_sees_memory_and_cpu_of_the_whole_process_tree(tmp_path):
     assert sample.wall_s >= sample.cpu_s * 0.5
 
 
+def test_harness_counts_pages_a_fork_shares_once(tmp_path):
+    """A parent holding 150 MB forks two children that only read it: the tree holds 150 MB,
+    not three times that (a sum of resident sets says ~450)."""
+    code = (
+        "import numpy, os, time\n"
+        "a = numpy.ones(150 * 2**20 // 8)\n"
+        "pids = []\n"
+        "for _ in range(2):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        time.sleep(0.5); float(a.sum()); os._exit(0)\n"
+        "    pids.append(pid)\n"
+        "time.sleep(0.5)\n"
+        "for pid in pids: os.waitpid(pid, 0)\n"
+    )
+    sample = harness.run_measured(harness.Command([sys.executable, "-c", code], tmp_path))
+    assert 150 < sample.peak_rss_mb < 250
+
+
 def test_harness_reports_a_failing_command(tmp_path):
     log = tmp_path / "log"
     with pytest.raises(harness.CommandFailed, match="exited 3"):
