@@ -53,6 +53,27 @@ def sorting_network(count: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
+@functools.cache
+def median_network(count: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """sorting_network(count) pruned to what the median and the extremes need: (low, high,
+    keep the minimum, keep the maximum) for each compare-exchange that leads to them.
+
+    Walking the network backwards from the outputs wanted (the two middle rows, and the first
+    and last, which tell undefined pixels), a pair neither of whose outputs is wanted later is
+    dropped, and a pair with one wanted output computes only that one: 16 of 18 operations at 5
+    frames, 154 of 206 at 20. Every wanted output is made by the same operations on the same
+    values as in the whole network, so the median is bit-identical.
+    """
+    wanted = {0, count - 1, (count - 1) // 2, count // 2}
+    kept = []
+    for low, high in reversed(sorting_network(count)):
+        keep_low, keep_high = low in wanted, high in wanted
+        if keep_low or keep_high:
+            kept.append((low, high, keep_low, keep_high))
+            wanted |= {low, high}
+    return tuple(reversed(kept))
+
+
 def median_of(values: np.ndarray) -> np.floating:
     """np.median of all the values, to the bit (NaN if any is NaN), ten times faster.
 
@@ -102,7 +123,7 @@ def _network_median(frames: Sequence[np.ndarray]) -> np.ndarray:
     (+inf last, -inf first) and redone at the end from the frames, all at once.
     """
     count, size = len(frames), frames[0].size
-    pairs = sorting_network(count)
+    network = median_network(count)
     step = max(1024, _NETWORK_BLOCK_BYTES // (4 * count))
     result = np.empty(size, dtype=np.float32)
     block = np.empty((count, min(step, size)), dtype=np.float32)
@@ -116,10 +137,15 @@ def _network_median(frames: Sequence[np.ndarray]) -> np.ndarray:
             np.fmin(frame[start:stop], _INF, out=row)  # a copy in which NaN is +inf
         rows = list(values)
         low = spare[: stop - start]
-        for i, j in pairs:
-            np.minimum(rows[i], rows[j], out=low)
-            np.maximum(rows[i], rows[j], out=rows[j])
-            rows[i], low = low, rows[i]  # swap references, not pixels
+        for i, j, keep_low, keep_high in network:
+            if keep_low and keep_high:
+                np.minimum(rows[i], rows[j], out=low)
+                np.maximum(rows[i], rows[j], out=rows[j])
+                rows[i], low = low, rows[i]  # swap references, not pixels
+            elif keep_low:
+                np.minimum(rows[i], rows[j], out=rows[i])
+            else:
+                np.maximum(rows[i], rows[j], out=rows[j])
         median = result[start:stop]
         np.add(rows[low_index], rows[high_index], out=median)
         median *= np.float32(0.5)

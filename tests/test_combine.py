@@ -11,6 +11,7 @@ from ar_tasks.combine import (
     MEMORY_BUDGET_ENV,
     FrameStack,
     MemoryBudget,
+    median_network,
     median_noise_factor,
     median_of,
     nanmedian_axis0,
@@ -62,6 +63,27 @@ def test_sorting_network_sorts_every_zero_one_sequence(count):
             if values[low] > values[high]:
                 values[low], values[high] = values[high], values[low]
         assert values == sorted(values)
+
+
+@pytest.mark.parametrize("count", range(1, 14))
+def test_pruned_network_gives_the_median_and_the_extremes_of_every_zero_one_sequence(count):
+    """The pruned network (only the operations the wanted outputs need) puts the same values
+    as a full sort in the first, the two middle and the last places, for every 0/1 input."""
+    wanted = {0, count - 1, (count - 1) // 2, count // 2}
+    for bits in itertools.product((0, 1), repeat=count):
+        values = list(bits)
+        for low, high, keep_low, keep_high in median_network(count):
+            small, large = min(values[low], values[high]), max(values[low], values[high])
+            values[low] = small if keep_low else None  # a dropped output must never be read
+            values[high] = large if keep_high else None
+        assert all(values[i] == sorted(bits)[i] for i in wanted)
+    full = 2 * len(sorting_network(count))
+    assert sum(a + b for _, _, a, b in median_network(count)) <= full
+
+
+def test_pruned_network_saves_operations():
+    assert sum(a + b for _, _, a, b in median_network(5)) == 16  # of 18
+    assert sum(a + b for _, _, a, b in median_network(20)) == 154  # of 206
 
 
 @pytest.mark.parametrize("budget", [0, 10**9])
