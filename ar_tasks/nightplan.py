@@ -62,9 +62,9 @@ KIND_ORDER = (
     "solve",
 )
 FAILURES = (StepError, FrameError, ValueError, OSError)  # a task's own, recorded failures
-# Kinds a worker process may run: numpy work on one group's files, whose state is the group's
-# record and alignment alone (the masters share one record; solves wait on their tools).
-FORKED_KINDS = ("calibrate", "register", "combine", "previews")
+# Kinds a worker process may run: numpy work whose state is a group's record and alignment,
+# or its own part of the masters' record (solves wait on their tools, in threads).
+FORKED_KINDS = ("dark", "interpolation", "flat", "calibrate", "register", "combine", "previews")
 
 
 @dataclass(frozen=True)
@@ -442,8 +442,7 @@ class NightPlan:
         )  # stable: within a kind, the plan's order
         chosen = {t.name: t for t in ordered}
         forked = {t.name for t in ordered if t.kind in FORKED_KINDS}
-        groups = {chosen[name].group for name in forked}
-        workers_wanted = jobs if processes and len(groups) > 1 else 1
+        workers_wanted = jobs if processes and len(forked) > 1 else 1
         with worker_pool(workers_wanted, (self, night.layout, night.options)) as pool:
             graph: dict[str, Task] = {}
             for task in chosen.values():
@@ -480,11 +479,16 @@ def _guarded(task: PlanTask, night: NightRun) -> Callable[[], None]:
 
 
 def _in_worker(pool: WorkerPool, task: PlanTask, night: NightRun) -> Callable[[], None]:
-    """The task in a worker process, given its group's record and alignment and giving them
-    back: a group's cosmetic tasks run one after the other, so no other task holds them."""
-    assert task.group is not None
+    """The task in a worker process. A group's task gets its group's record and alignment and
+    gives them back (a group's tasks run one after the other, so no other task holds them); a
+    master's task starts from an empty masters' record and its entries are added to ours (the
+    master tasks run side by side)."""
 
     def work() -> None:
+        if task.group is None:
+            records, _ = pool.call(_run_in_worker, task.name, {}, {})
+            _add_masters(night.masters(), records.get("masters", {}))
+            return
         name = group_record(task.group)
         records = {name: night.records[name]} if name in night.records else {}
         aligned = night.alignments.pop(task.group, None)
@@ -494,6 +498,17 @@ def _in_worker(pool: WorkerPool, task: PlanTask, night: NightRun) -> Callable[[]
         night.alignments.update(alignments)
 
     return work
+
+
+def _add_masters(record: dict[str, Any], part: dict[str, Any]) -> None:
+    """A master task's entries (QC by name, problems) added to the night's masters' record."""
+    for section, value in part.items():
+        if isinstance(value, dict):
+            record.setdefault(section, {}).update(value)
+        elif isinstance(value, list):
+            record.setdefault(section, []).extend(value)
+        else:
+            record[section] = value
 
 
 def _run_in_worker(

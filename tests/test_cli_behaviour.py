@@ -251,17 +251,18 @@ def _without_seconds(value: object) -> object:
 
 
 def test_worker_processes_reduce_exactly_as_threads(small_night, tmp_path):
-    """`--jobs 2` runs the groups' cosmetic tasks in forked workers, `--jobs 1` in the calling
-    thread: same products byte for byte, same records, and the workers' messages (an error
-    about a frame damaged after --setup, the warning that follows) reach the console, the log
-    file and the final count exactly as the thread's do."""
+    """`--jobs 2` runs the masters' and the groups' tasks in forked workers, `--jobs 1` in the
+    calling thread: same products byte for byte, same records, and the workers' messages (the
+    errors about a science frame and a flat damaged after --setup, the warning that follows)
+    reach the console, the log file and the final count as the thread's do (in the order the
+    tasks end)."""
     nights = {}
     for jobs in ("1", "2"):
         night = tmp_path / f"jobs{jobs}" / small_night.name
         shutil.copytree(small_night, night)
         assert run_cli(night, "--setup").returncode == 0
-        damaged = _science_frame(night)
-        damaged.write_bytes(damaged.read_bytes()[:20000])
+        for damaged in (_science_frame(night), sorted((night / "FLAT").glob("flat-B-*"))[0]):
+            damaged.write_bytes(damaged.read_bytes()[:20000])
         nights[jobs] = (night, run_cli(night, "-i", "--jobs", jobs))
     outcomes = {}
     for jobs, (night, result) in nights.items():
@@ -270,16 +271,22 @@ def test_worker_processes_reduce_exactly_as_threads(small_night, tmp_path):
         outcomes[jobs] = {
             "code": result.returncode,
             "stdout": [x for x in result.stdout.splitlines() if "astro_reduce done" not in x],
-            "stderr": result.stderr.splitlines(),
+            "stderr": sorted(result.stderr.splitlines()),
             "log": sorted(x.split(" ", 1)[1] for x in log_lines if " " in x),
             "products": [(p["path"], p["sha256"]) for p in manifest["products"]],
             "groups": _without_seconds(manifest["groups"]),
-            "problems": manifest["problems"],
+            "masters": _without_seconds(manifest["masters"]),
+            "problems": sorted(manifest["problems"]),
         }
     serial, workers = outcomes["1"], outcomes["2"]
     assert workers["code"] == serial["code"] == 1
-    assert f"E: ORIGINAL/{_science_frame(small_night).name} is truncated" in workers["stderr"][0]
+    science = _science_frame(small_night).name
+    assert any(f"E: ORIGINAL/{science} is truncated" in x for x in workers["stderr"])
+    flat = "E: Master flat B: FLAT/flat-B-001.fits is truncated"
+    assert any(flat in x for x in workers["stderr"])
     assert any("M-67_R_60000: W: The aux frame of" in x for x in workers["log"])
+    assert workers["masters"]["darks"] and workers["masters"]["flats"]
+    assert len(workers["products"]) > 20
     for part in serial:
         assert workers[part] == serial[part], part
 
