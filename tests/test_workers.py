@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,34 @@ class _Keeper(logging.Handler):
         self.lines.append(f"{record.levelname} {record.where}{record.getMessage()}")
 
 
+def alone(test: Callable[..., None]) -> Callable[..., None]:
+    """Run the test in a forked child, where its thread is the only one: worker_pool does not
+    fork beside other threads, and the suite runs servers in threads of this process."""
+
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os.close(read)
+            try:
+                assert threading.active_count() == 1
+                test(*args, **kwargs)
+                report = b""
+            except BaseException:
+                report = traceback.format_exc().encode()
+            os.write(write, report)
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            report = pipe.read()
+        os.waitpid(pid, 0)
+        assert not report, report.decode()
+
+    return run
+
+
+@alone
 def test_a_call_runs_in_another_process_that_holds_the_state():
     state = {"plan": "closures cannot be pickled", "fn": lambda: None}
     with workers.worker_pool(2, state) as pool:
@@ -54,6 +85,7 @@ def test_a_call_runs_in_another_process_that_holds_the_state():
     assert plan == state["plan"] and closure and extra == 5
 
 
+@alone
 def test_log_records_of_a_worker_reach_the_callers_handlers_with_their_context():
     keeper = _Keeper()
     library = logging.getLogger("ar_tasks")
@@ -69,6 +101,7 @@ def test_log_records_of_a_worker_reach_the_callers_handlers_with_their_context()
     assert keeper.lines == ["WARNING 2023-05-10 M-67_V_60000: frame 7: too few stars"]
 
 
+@alone
 def test_an_exception_in_a_worker_comes_back_naming_it():
     with workers.worker_pool(2, None) as pool, pytest.raises(workers.WorkerError) as caught:
         pool.call(_fail)
@@ -76,6 +109,7 @@ def test_an_exception_in_a_worker_comes_back_naming_it():
     assert "_fail" in str(caught.value)  # the worker's traceback
 
 
+@alone
 def test_the_caller_trusts_the_digests_a_worker_took_of_its_files(tmp_path):
     target = tmp_path / "stack.fits"
     with workers.worker_pool(2, None) as pool:
@@ -87,6 +121,7 @@ def test_the_caller_trusts_the_digests_a_worker_took_of_its_files(tmp_path):
     assert fitsio._written_digest(target) is None
 
 
+@alone
 def test_no_workers_for_one_job_or_beside_a_running_thread():
     with workers.worker_pool(1, None) as pool:
         assert pool is None
