@@ -1,10 +1,10 @@
 """The night plan: every task of a night's reduction, what it reads and writes, what it needs.
 
 One plan, two faces. The `astro_reduce` command runs a whole plan in its thread graph (the
-groups' cosmetic tasks in worker processes, which share no GIL: see workers); the DAG
-runs it stage by stage (the masters in the night's task, each group's cosmetic tasks in that
-group's task, its astrometry in the astrometry pool) and the S3 workspace downloads exactly what
-a stage's tasks declare they read. No dependency rule is written anywhere else.
+masters and the groups' cosmetic tasks in worker processes, which share no GIL: see workers);
+the DAG runs it stage by stage (the masters in the night's task, each group's cosmetic tasks in
+that group's task, its astrometry in the astrometry pool) and the S3 workspace downloads exactly
+what a stage's tasks declare they read. No dependency rule is written anywhere else.
 
 Tasks, their stage and what each needs first:
 
