@@ -436,7 +436,7 @@ class NightPlan:
     ) -> NightRun:
         """Run the chosen tasks in the thread graph, each once the chosen tasks it needs are
         done (needs outside the choice were met by an earlier stage). With `processes`, the
-        groups' cosmetic tasks run in forked workers (see workers) when two groups can."""
+        FORKED_KINDS tasks run in forked workers (see workers) when there are two of them."""
         ordered = sorted(
             self.select(stages, group, kinds), key=lambda t: KIND_ORDER.index(t.kind)
         )  # stable: within a kind, the plan's order
@@ -501,19 +501,19 @@ def _in_worker(pool: WorkerPool, task: PlanTask, night: NightRun) -> Callable[[]
 
 
 def _add_masters(record: dict[str, Any], part: dict[str, Any]) -> None:
-    """A master task's entries (QC by name, problems) added to the night's masters' record."""
+    """A master task's entries added to the night's masters' record: its sections are QC by
+    name (dicts) and problems (a list), as NightRun.masters() makes them."""
     for section, value in part.items():
         if isinstance(value, dict):
             record.setdefault(section, {}).update(value)
-        elif isinstance(value, list):
-            record.setdefault(section, []).extend(value)
         else:
-            record[section] = value
+            record.setdefault(section, []).extend(value)
 
 
 def _run_in_worker(
     name: str, records: dict[str, dict[str, Any]], alignments: dict[GroupKey, stack.Alignment]
 ) -> tuple[dict[str, dict[str, Any]], dict[GroupKey, stack.Alignment]]:
+    """In a worker: the plan's task `name` on the state it is handed; the state back."""
     plan, layout, options = worker_state()
     night = NightRun(layout, options, records, alignments)
     _guarded(plan.tasks[name], night)()

@@ -2,7 +2,8 @@
 
 The reduction's hot loops are numpy, hashing and file I/O, which release the GIL, so threads
 use both cores without the pickling and memory cost of processes, as long as each call is
-long; the CLI runs its groups' block-by-block numpy work in worker processes (see workers).
+long; the CLI runs its masters' and groups' block-by-block numpy work in worker processes
+(see workers).
 """
 
 from __future__ import annotations

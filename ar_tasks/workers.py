@@ -21,17 +21,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import fitsio
 from .logs import current_context, log_context
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 _state: Any = None  # what the caller handed its workers at the fork
@@ -68,12 +69,15 @@ class WorkerPool:
 @contextlib.contextmanager
 def worker_pool(jobs: int, shared: Any) -> Iterator[WorkerPool | None]:
     """`jobs` workers holding `shared`; None (run in threads) when there is nothing to gain
-    (one job) or a fork would not be safe (another thread is running, or no fork here)."""
-    if (
-        jobs < 2
-        or threading.active_count() > 1
-        or "fork" not in multiprocessing.get_all_start_methods()
-    ):
+    (one job) or a fork would not be safe (another thread is running, or no fork here).
+    multiprocessing is imported here (12 ms), not by every process that imports the plan."""
+    if jobs < 2 or threading.active_count() > 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():
         yield None
         return
     executor = ProcessPoolExecutor(
