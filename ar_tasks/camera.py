@@ -88,3 +88,18 @@ def header_text(header: Mapping[str, Any], key: str) -> str:
     if key not in header:
         raise HeaderError(f"has no {key} keyword")
     return str(header[key]).strip()
+
+
+def setup(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The camera set-up a master must share with the frames it calibrates, where the header
+    says it: the camera (INSTRUME), the binning (XBINNING x YBINNING) and the CCD temperature
+    set-point (SET-TEMP, degC; the measured CCD-TEMP wanders and is not a set-up)."""
+    found: dict[str, Any] = {"instrument": str(header.get("INSTRUME", "")).strip()}
+    xbin, ybin = header.get("XBINNING"), header.get("YBINNING")
+    found["binning"] = f"{xbin}x{ybin}" if xbin is not None and ybin is not None else ""
+    try:
+        set_temp = float(header["SET-TEMP"])
+        found["set_temp"] = set_temp if math.isfinite(set_temp) else None
+    except (KeyError, TypeError, ValueError):
+        found["set_temp"] = None
+    return found

@@ -24,7 +24,7 @@ from . import __version__
 from .layout import NightLayout
 from .logs import ROOT, VERBOSE, ContextFilter
 from .steps import StepError, clear_night, load_inventory, publish, remove_temporaries, setup_night
-from .storage import StorageError, is_s3
+from .storage import StorageError, is_s3, join
 from .threads import default_jobs
 from .workspace import night_workspace
 
@@ -185,6 +185,26 @@ def reporting(verbose: bool, log_path: Path | None) -> Iterator[CliHandler]:
     "masters and groups).",
 )
 @click.option(
+    "--calibrations",
+    help="Archive root of <YYYY-MM-DD>/ night folders (or s3:// URL) where masters this night "
+    "cannot make are borrowed from [env AR_CALIBRATIONS].",
+    envvar="AR_CALIBRATIONS",
+)
+@click.option(
+    "--dark-window",
+    type=click.FloatRange(min=0),
+    default=90.0,
+    show_default=True,
+    help="Days within which a master dark may be borrowed (0: never).",
+)
+@click.option(
+    "--flat-window",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Days within which a master flat may be borrowed (0: never).",
+)
+@click.option(
     "--raw", help="The night's raw folder (DARK, FLAT, ORIGINAL) or s3:// URL [default: here]."
 )
 @click.option(
@@ -204,6 +224,8 @@ def cli(**options: Any) -> None:
     )
     given = [name for name in OPTION_ORDER if options[name]]
     given += [f"{name}={options[name]}" for name in ASTROMETRY_SETTINGS if options[name]]
+    if options["calibrations"]:
+        given.append(f"calibrations={options['calibrations']}")
     raw, products = options["raw"], options["products"]
     if not raw and not products:
         report = _run(NightLayout.in_place(Path.cwd()), given, options)
@@ -268,7 +290,9 @@ def _setup(layout: NightLayout, link: bool, copies: bool = True) -> None:
 
 def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> None:
     """The night plan's masters, groups and astrometry in one thread graph, then the manifest."""
+    from . import calibration_library as library
     from . import nightplan, pipeline
+    from .association import Windows
     from .nightplan import NightPlan, ReductionOptions
 
     log.info("Parsing configuration file `%s`.", layout.config_file.name)
@@ -292,8 +316,13 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
         overwrite=options["overwrite"],
         make_masters=not options["nomaster"],
         astrometry=astro,
+        windows=Windows(options["dark_window"], options["flat_window"]),
     )
-    plan = NightPlan.build(inventory, reduction)
+    archive = _archive(layout, options, reduction)
+    bad = library.read_bad_list(
+        (str(layout.out_dir / library.BAD_LIST_FILE), *(archive.bad_lists if archive else ()))
+    )
+    plan = NightPlan.build(inventory, reduction, layout.name, archive, bad=bad)
     stages = ["solve"] if options["astrometryonly"] else list(nightplan.STAGES)
     _headings(plan, stages)
     jobs = options["jobs"] or default_jobs()
@@ -312,12 +341,38 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
                 if solved[s]
             )
             log.info("  %s: %s.", group.name, counts)
+    plan.borrowed = {
+        name: [qc["night"], qc["key"]] for name, qc in sorted(run.masters()["borrowed"].items())
+    }
     products = pipeline.night_products(layout, _root_of(options["products"]), "", None)
     parameters = {name: options[name] for name in sorted(options)}
     manifest = plan.manifest(
         layout, layout.name, parameters, label or str(layout.raw_dir), products
     )
     publish.write_manifest(layout, manifest)
+
+
+def _archive(
+    layout: NightLayout, options: dict[str, Any], reduction: Any
+) -> Any:  # calibration_library.Archive | None, imported with the reduction
+    """--calibrations: the archive whose nights lend this night the masters it cannot make;
+    borrowed masters are made in ar_calibrations/ of the night's products folder."""
+    from . import calibration_library as library
+
+    root = options["calibrations"]
+    if not root:
+        return None
+    if not is_s3(root):
+        root = str(Path(root).resolve())
+        if not Path(root).is_dir():
+            raise StepError(f"--calibrations {options['calibrations']}: no such folder.")
+    return library.Archive(
+        raw_root=root,
+        library=str(layout.out_dir / library.LIBRARY_FOLDER),
+        windows=reduction.windows,
+        bad_lists=(join(root, library.BAD_LIST_FILE),),
+        interpolate=reduction.interpolate,
+    )
 
 
 def _root_of(products: str | None) -> str:

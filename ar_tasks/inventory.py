@@ -19,7 +19,7 @@ from . import camera
 from .fitsio import FrameError, KnownFile, racy_ns, scan_frame
 from .threads import default_jobs, run_each
 
-INVENTORY_VERSION = 1
+INVENTORY_VERSION = 2  # 2: instrument, binning and CCD set-point of each frame
 MAX_NONFINITE_FRACTION = 0.5  # a frame with more NaN/inf pixels than this is unusable
 
 
@@ -68,6 +68,9 @@ class Frame:
     shape: tuple[int, int] = (0, 0)
     raw_object: str = ""  # OBJECT and FILTER as written in the header
     raw_filter: str = ""
+    instrument: str = ""  # INSTRUME, binning ("2x2") and CCD set-point (SET-TEMP, degC):
+    binning: str = ""  # what a master borrowed from another night must match
+    set_temp: float | None = None
 
     @property
     def id(self) -> str:
@@ -172,16 +175,18 @@ def _grouped(frames: list[Frame], key: Any) -> dict[Any, list[Frame]]:
     return dict(sorted(grouped.items()))
 
 
-def find_raw_files(night_dir: Path) -> tuple[list[str], list[str]]:
-    """Relative paths of the FITS files in DARK/, FLAT/ and ORIGINAL/ (sorted), and a note for
-    each other file.
+def find_raw_files(
+    night_dir: Path, folders: tuple[str, ...] = tuple(camera.FRAME_FOLDERS)
+) -> tuple[list[str], list[str]]:
+    """Relative paths of the FITS files in DARK/, FLAT/ and ORIGINAL/ (or only `folders`),
+    sorted, and a note for each other file.
 
     Any case of .fits/.fit/.fts, optionally .gz or .fz (5.1.3's case-sensitive `*.fit*` skipped
     .fts and .FITS silently).
     """
     found: list[str] = []
     ignored: list[str] = []
-    for folder in camera.FRAME_FOLDERS:
+    for folder in folders:
         directory = night_dir / folder
         if not directory.is_dir():
             continue
@@ -239,14 +244,19 @@ def inspect(night_dir: Path, relative: str) -> Frame:
         shape=raw.shape,
         raw_object=raw_object,
         raw_filter=raw_filter,
+        **camera.setup(header),
     )
     return frame
 
 
 def take_inventory(
-    night_dir: Path, previous: Inventory | None = None, jobs: int | None = None
+    night_dir: Path,
+    previous: Inventory | None = None,
+    jobs: int | None = None,
+    folders: tuple[str, ...] = tuple(camera.FRAME_FOLDERS),
 ) -> Inventory:
-    """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/.
+    """Inventory of one night folder holding DARK/, FLAT/ and ORIGINAL/ (or only `folders`:
+    the calibration library inventories another night's DARK/ and FLAT/).
 
     Frames of `previous` whose file has the same size and modification time are reused without
     reading them again (reading every frame of a night costs more than the rest of a rerun);
@@ -255,7 +265,7 @@ def take_inventory(
     threads.
     """
     night_dir = Path(night_dir)
-    paths, ignored = find_raw_files(night_dir)
+    paths, ignored = find_raw_files(night_dir, folders)
     known = {f.path: f for f in previous.frames} if previous else {}
     inventory = Inventory(warnings=ignored)
     candidates: list[tuple[Frame, tuple[int, int]]] = []

@@ -14,6 +14,8 @@ STACKED = "stacked"
 REDUCED = "reduced"
 ASTROMATIC_FOLDERS = ("SEXRES", "PSFRES", "SCAMPRES")
 INVENTORY_FILE = "ar_inventory.json"
+LIBRARY_FOLDER = "ar_calibrations"  # masters made from other nights' frames (see
+# calibration_library): in the DAG's products root, in the CLI's night folder
 SCRATCH_PREFIX = ".ar_astro_"  # an astrometry run's scratch folder in the products folder
 
 

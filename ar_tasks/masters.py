@@ -18,6 +18,11 @@ from .combine import FrameStack, median_of
 FLAT_MIN_RESPONSE = 0.05
 LEVEL_SUBSAMPLE = 2  # robust_level reads every other pixel of the central region ...
 LEVEL_SUBSAMPLE_MIN_SIZE = 256  # ... of frames at least this large
+# A master's QC (master_problem): what makes a master unfit to calibrate anything, here or
+# in another night that borrows it.
+MAX_INPUT_DISAGREEMENT = 2.0  # robust std(input - master) / one input's own noise
+MAX_UNDEFINED_FRACTION = {"dark": 0.001, "flat": 0.02}  # NaN pixels (flats: response < 5%)
+DARK_LEVEL_RANGE_ADU = (1.0, 60000.0)  # a master dark's median level outside it is no dark
 
 
 def central_region(shape: tuple[int, ...]) -> tuple[slice, slice]:
@@ -140,3 +145,62 @@ def master_flat(normalised: Iterable[np.ndarray], copy: bool = True) -> tuple[np
         for frame in normalised:
             combined.append(frame, copy=copy)
         return finish_flat(combined.median())
+
+
+QC_INPUTS = 3  # inputs a master's QC compares with it (read anyway: kept, not read again)
+
+
+def input_noise(inputs: list[np.ndarray]) -> float:
+    """The noise of one input: the quietest pair of the first inputs (pair_noise), so one
+    faulty input among three does not hide itself by inflating the yardstick. NaN with fewer
+    than two inputs."""
+    pairs = [
+        pair_noise(inputs[i], inputs[j])
+        for i in range(len(inputs))
+        for j in range(i + 1, len(inputs))
+    ]
+    finite = [p for p in pairs if np.isfinite(p)]
+    return min(finite) if finite else float("nan")
+
+
+def disagreement(inputs: list[np.ndarray], master: np.ndarray, frame_noise: float) -> float:
+    """How far the inputs stray from their master, in units of one input's own noise: the
+    largest robust std(input - master) over `inputs` (every other pixel). Below 1 when they
+    agree (the fixed pattern cancels; a median of N correlates with each input), much more
+    when one is off (a light leak, a moved shadow, a frame of another set-up). NaN when the
+    noise is unknown (a single input)."""
+    if not (np.isfinite(frame_noise) and frame_noise > 0):
+        return float("nan")
+    worst = float("nan")
+    for frame in inputs:
+        diff = frame[::2, ::2] - master[::2, ::2]
+        diff = diff[np.isfinite(diff)]
+        if diff.size:
+            spread = 1.4826 * float(median_of(np.abs(diff - median_of(diff)))) / frame_noise
+            worst = max(worst, spread) if np.isfinite(worst) else spread
+    return worst
+
+
+def undefined_fraction(master: np.ndarray) -> float:
+    """Fraction of a master's pixels that are NaN or infinite (flats: dead, see finish_flat)."""
+    return float(1.0 - np.count_nonzero(np.isfinite(master)) / master.size)
+
+
+def master_problem(kind: str, qc: dict[str, float]) -> str:
+    """Why a master with these QC figures must not be used ("" when it may): too many
+    undefined pixels, an input that disagrees with the master, a dark level no dark has."""
+    undefined = qc.get("undefined_fraction", 0.0)
+    if undefined > MAX_UNDEFINED_FRACTION[kind]:
+        limit = MAX_UNDEFINED_FRACTION[kind]
+        return f"{undefined:.2%} of its pixels are undefined (at most {limit:.1%})"
+    ratio = qc.get("disagreement", float("nan"))
+    if np.isfinite(ratio) and ratio > MAX_INPUT_DISAGREEMENT:
+        return (
+            f"an input differs from it by {ratio:.2f} times one input's noise "
+            f"(at most {MAX_INPUT_DISAGREEMENT}): its inputs do not agree"
+        )
+    level = qc.get("level_adu")
+    low, high = DARK_LEVEL_RANGE_ADU
+    if kind == "dark" and level is not None and not low <= level <= high:
+        return f"its median level is {level:.1f} ADU (a dark lies in {low:g}..{high:g})"
+    return ""

@@ -10,13 +10,19 @@ Tasks, their stage and what each needs first:
 
     dark <ms>          masters   -
     interpolation      masters   every dark task          (exposures without darks, -i)
+    borrow darks       masters   -                        (darks the night cannot make)
     flat <filter>      masters   the darks of its exposures
+    borrow flats       masters   -                        (flats the night cannot make)
     master previews    masters   every master task        (--tmppng / png)
     calibrate <group>  group     its dark and flat tasks
     register <group>   group     calibrate <group>        (unless --nostack)
     combine <group>    group     register <group>
     previews <group>   group     combine (or calibrate) <group>   (--tmppng, --stkpng / png)
     solve <group>      solve     combine (or calibrate) <group>   (an astrometry route)
+
+A night that cannot make a master (no frames for it, or its own listed as bad) borrows the
+nearest usable one of another night of the archive (calibration_library), when the plan is
+given the archive; the night's own calibrations always win, its own dark line included.
 
 Each group's outcome is one record (`group_<name>`, `astrometry_<name>`), the masters' one
 record (`masters`); publish gathers the records into the manifest (steps.publish).
@@ -33,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, camera
+from . import calibration_library as library
+from .association import Candidate, Need, Search, Windows, identity
 from .astrometry import AstrometryOptions
 from .fitsio import FrameError
 from .inventory import Frame, GroupKey, Inventory
@@ -52,6 +60,7 @@ STAGES = ("masters", "group", "solve")
 KIND_ORDER = (
     "dark",
     "interpolation",
+    "borrow",
     "missing",
     "flat",
     "master",
@@ -81,6 +90,7 @@ class ReductionOptions:
     filters: tuple[str, ...] = ()
     astrometry: AstrometryOptions = field(default_factory=AstrometryOptions)
     astrometry_jobs: int = 1  # images one solve task solves at once
+    windows: Windows = field(default_factory=Windows)  # how far masters may be borrowed from
 
     def selects(self, group: GroupKey) -> bool:
         """True when a group passes the object and filter restrictions (names sanitised)."""
@@ -100,6 +110,7 @@ class ReductionOptions:
             "objects": sorted(self.objects),
             "filters": sorted(self.filters),
             "astrometry": solving,
+            "windows": self.windows.provenance(),
         }
 
 
@@ -141,7 +152,7 @@ class NightRun:
     def masters(self) -> dict[str, Any]:
         """The masters' record, with its sections (a night may make no master at all)."""
         record = self.record("masters")
-        for kind in ("darks", "interpolated", "flats"):
+        for kind in ("darks", "interpolated", "flats", "borrowed"):
             record.setdefault(kind, {})
         record.setdefault("problems", [])
         return record
@@ -191,12 +202,34 @@ class NightPlan:
     inventory: Inventory
     options: ReductionOptions
     tasks: dict[str, PlanTask] = field(default_factory=dict)
+    night: str = ""  # the night's name (bad_masters.txt names masters by night)
+    archive: library.Archive | None = None  # where masters are borrowed from (None: nowhere)
+    bad: frozenset[tuple[str, str]] = frozenset()  # (night, master) listed as bad
+    searches: dict[str, Search] = field(default_factory=dict)  # need -> its candidates
+    borrowed: dict[str, Any] | None = None  # what was borrowed (publish), else the choice
 
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, inventory: Inventory, options: ReductionOptions) -> NightPlan:
-        plan = cls(inventory, options)
+    def build(
+        cls,
+        inventory: Inventory,
+        options: ReductionOptions,
+        night: str = "",
+        archive: library.Archive | None = None,
+        read_frames: bool = True,
+        bad: frozenset[tuple[str, str]] | None = None,
+    ) -> NightPlan:
+        """The plan of a night. With an `archive`, the masters it cannot make are looked for
+        in other nights (reading their calibration frames when their library entry is not
+        current, unless not `read_frames`: then library.Undecided). `bad`: the masters listed
+        as bad (default: the archive's lists)."""
+        if bad is None:
+            bad = library.read_bad_list(archive.bad_lists, archive.s3) if archive else frozenset()
+        plan = cls(inventory, options, night=night, archive=archive, bad=bad)
+        if archive is not None and options.make_masters:
+            needs = plan.needs()
+            plan.searches = library.associate(archive, night, inventory, needs, read_frames)
         makers: dict[str, str] = {}  # master file name -> the task that makes it
         if options.make_masters:
             makers = plan._add_masters()
@@ -211,11 +244,45 @@ class NightPlan:
     def _add(self, task: PlanTask) -> None:
         self.tasks[task.name] = task
 
+    def own_darks(self) -> dict[int, list[Frame]]:
+        """The night's darks by exposure, less the masters an operator listed as bad."""
+        darks = self.inventory.darks_by_exposure()
+        return {e: f for e, f in darks.items() if (self.night, f"mdark_{e}") not in self.bad}
+
+    def own_flats(self) -> dict[str, list[Frame]]:
+        flats = self.inventory.flats_by_filter()
+        return {n: f for n, f in flats.items() if (self.night, f"mtrans_{n}") not in self.bad}
+
+    def needed_exposures(self) -> list[int]:
+        """Exposures that need a master dark: the science frames' and the own flats'."""
+        science = {f.exposure_ms for f in self.inventory.of_kind("object")}
+        flats = {f.exposure_ms for frames in self.own_flats().values() for f in frames}
+        return sorted(science | flats)
+
+    def needs(self) -> list[Need]:
+        """The masters this night cannot make itself: darks of exposures it has no darks for
+        (unless its own dark line can make them: two exposures or more with `interpolate`),
+        flats of the science filters it has no flats for."""
+        darks = self.own_darks()
+        line = self.options.interpolate and len(darks) >= 2
+        needs = [
+            Need("dark", exposure_ms=e)
+            for e in self.needed_exposures()
+            if e not in darks and not line
+        ]
+        flats = self.own_flats()
+        science = sorted({f.filter for f in self.inventory.of_kind("object")})
+        return needs + [Need("flat", filter=name) for name in science if name not in flats]
+
+    def chosen(self) -> dict[str, Candidate]:
+        """The master each borrowed need takes: its nearest candidate."""
+        return {n: s.candidates[0] for n, s in self.searches.items() if s.candidates}
+
     def _add_masters(self) -> dict[str, str]:
         """Master tasks; returns which task makes each master file."""
-        inventory, options = self.inventory, self.options
+        options = self.options
         makers: dict[str, str] = {}
-        darks = inventory.darks_by_exposure()
+        darks = self.own_darks()
         for exposure, frames in darks.items():
             name = f"dark {exposure}"
             self._add(
@@ -227,7 +294,11 @@ class NightPlan:
                 )
             )
             makers[f"mdark_{exposure}"] = name
-        missing = [e for e in inventory.needed_exposures() if e not in darks]
+        chosen = self.chosen()
+        borrowed = [e for e in self.needed_exposures() if f"mdark_{e}" in chosen]
+        missing = [e for e in self.needed_exposures() if e not in darks and e not in borrowed]
+        if borrowed:
+            self._add_borrow("darks", [f"mdark_{e}" for e in borrowed], makers)
         if missing and darks and options.interpolate:
             wanted = (*darks, *missing)
             self._add(
@@ -235,18 +306,24 @@ class NightPlan:
                     "interpolation",
                     "masters",
                     _interpolation(darks, missing),
-                    needs=tuple(makers.values()),
+                    needs=tuple(makers[f"mdark_{e}"] for e in darks),
                     reads=Reads((), tuple(f"{MASTERS}/mdark_{e}.*" for e in wanted)),
                 )
             )
             makers.update({f"mdark_{e}": "interpolation" for e in missing})
         elif missing:
-            self._add(PlanTask("missing darks", "masters", _no_darks(missing, bool(darks))))
-        flats = inventory.flats_by_filter()
-        needed = sorted({f.filter for f in inventory.of_kind("object")} | set(flats))
-        if any(f not in flats for f in needed):
-            absent = [f for f in needed if f not in flats]
-            self._add(PlanTask("missing flats", "masters", _no_flats(absent)))
+            reasons = self._failures(f"mdark_{e}" for e in missing)
+            self._add(
+                PlanTask("missing darks", "masters", _no_darks(missing, bool(darks), reasons))
+            )
+        flats = self.own_flats()
+        science = {f.filter for f in self.inventory.of_kind("object")}
+        absent = sorted(f for f in science | set(flats) if f not in flats)
+        to_borrow = [f for f in absent if f"mtrans_{f}" in chosen]
+        absent = [f for f in absent if f not in to_borrow]
+        if absent:
+            reasons = self._failures(f"mtrans_{f}" for f in absent)
+            self._add(PlanTask("missing flats", "masters", _no_flats(absent, reasons)))
         for filter_name, frames in flats.items():
             exposures = sorted({f.exposure_ms for f in frames})
             name = f"flat {filter_name}"
@@ -265,6 +342,8 @@ class NightPlan:
                 )
             )
             makers[f"mtrans_{filter_name}"] = name
+        if to_borrow:
+            self._add_borrow("flats", [f"mtrans_{f}" for f in to_borrow], makers)
         if options.aux_png:
             self._add(
                 PlanTask(
@@ -276,6 +355,24 @@ class NightPlan:
                 )
             )
         return makers
+
+    def _add_borrow(self, kind: str, names: list[str], makers: dict[str, str]) -> None:
+        """One task that borrows these masters (see calibration_library.borrow)."""
+        assert self.archive is not None
+        task = f"borrow {kind}"
+        searches = {n: self.searches[n] for n in names}
+        products = tuple(f"{MASTERS}/{n}.*" for n in names)
+        self._add(
+            PlanTask(task, "masters", _borrow(self.archive, searches), reads=Reads((), products))
+        )
+        makers.update(dict.fromkeys(names, task))
+
+    def _failures(self, names: Iterable[str]) -> dict[str, str]:
+        """Why each of these needs found nothing in the archive (none without an archive)."""
+        if self.archive is None:
+            return {}
+        where, windows = self.archive.raw_root, self.archive.windows
+        return {n: self.searches[n].failure(where, windows) for n in names if n in self.searches}
 
     def _add_group(self, group: GroupKey, frames: list[Frame], makers: dict[str, str]) -> None:
         options = self.options
@@ -377,12 +474,15 @@ class NightPlan:
     def night_key(self) -> str:
         """One key for the whole night: the frames, the options and the code. While it and the
         products listed in the manifest hold, a rerun has nothing to do."""
+        borrowed = self.borrowed if self.borrowed is not None else identity(self.chosen())
         payload = {
             "version": __version__,
             "recipes": recipes(),
             "frames": [(f.path, f.sha256) for f in self.inventory.frames],
             "quarantined": [(p.path, p.reason) for p in self.inventory.quarantined],
             "options": self.options.provenance(),
+            "borrowed": borrowed,
+            "bad": sorted(entry for entry in self.bad if entry[0] == self.night),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -566,18 +666,24 @@ def _interpolation(darks: dict[int, list[Frame]], missing: list[int]) -> Callabl
     return run
 
 
-def _no_darks(missing: list[int], any_darks: bool) -> Callable[[NightRun], None]:
-    """Exposures that need a dark and will not get one: stale masters go, each is a problem."""
+def _no_darks(
+    missing: list[int], any_darks: bool, reasons: dict[str, str]
+) -> Callable[[NightRun], None]:
+    """Exposures that need a dark and will not get one: stale masters go, each is a problem
+    (with an archive: what was looked for there, and why nothing qualified)."""
 
     def run(night: NightRun) -> None:
         record = night.masters()
-        if missing and not any_darks:
+        if missing and not any_darks and not reasons:
             record["problems"].append(
                 problem("There are no dark files at all! Cannot calibrate or interpolate.")
             )
         for exposure in missing:
             remove_stale(night.layout.master_dark(exposure))
-            if any_darks:
+            reason = reasons.get(f"mdark_{exposure}")
+            if reason:
+                record["problems"].append(problem(reason))
+            elif any_darks:
                 record["problems"].append(
                     problem(
                         f"Did not find dark field images for {exposure}ms exposure. "
@@ -588,13 +694,39 @@ def _no_darks(missing: list[int], any_darks: bool) -> Callable[[NightRun], None]
     return run
 
 
-def _no_flats(filters: list[str]) -> Callable[[NightRun], None]:
+def _no_flats(filters: list[str], reasons: dict[str, str]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
         record = night.masters()
         for filter_name in filters:
             remove_stale(night.layout.master_flat(filter_name))
-            record["problems"].append(
-                problem(f"Did not find flat field images for filter {filter_name}.")
+            reason = reasons.get(f"mtrans_{filter_name}")
+            message = reason or f"Did not find flat field images for filter {filter_name}."
+            record["problems"].append(problem(message))
+
+    return run
+
+
+def _borrow(archive: library.Archive, searches: dict[str, Search]) -> Callable[[NightRun], None]:
+    """Borrow each master from its nearest usable night (the next one when it fails its QC);
+    a need nothing serves is a problem naming what was looked for and where."""
+
+    def run(night: NightRun) -> None:
+        record = night.masters()
+        for name, found in searches.items():
+            path = night.layout.masters / f"{name}.fits"
+            try:
+                candidate, qc = library.borrow(
+                    archive, found, night.layout, night.options.overwrite
+                )
+            except StepError as exc:
+                remove_stale(path)
+                record["problems"].append(problem(str(exc)))
+                continue
+            qc["why"] = f"this night cannot make its {found.need.describe()}"
+            qc["candidates"] = [c.describe() for c in found.candidates]
+            record["borrowed"][name] = qc
+            log.info(
+                "  %s: borrowed from %s (%.2f d away).", name, candidate.offer.night, candidate.days
             )
 
     return run

@@ -80,20 +80,27 @@ def nights_with_raw_data(
 
 
 def raw_stamps(
-    raw_root: str | Path, night: str, s3: dict[str, str] | None = None
+    raw_root: str | Path,
+    night: str,
+    s3: dict[str, str] | None = None,
+    folders: tuple[str, ...] = tuple(camera.FRAME_FOLDERS),
 ) -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) of each FITS file of a night's DARK/, FLAT/ and ORIGINAL/, by relative
     path: the files an inventory would read, listed without reading any (in S3: one listing;
-    a staged object keeps the object's time, so the stamps compare with the inventory's)."""
+    a staged object keeps the object's time, so the stamps compare with the inventory's).
+    Only `folders` (DARK/ and FLAT/ for the calibration library): one listing each in S3."""
     if storage.is_s3(raw_root):
         store = storage.S3Store(storage.S3Settings(**(s3 or {})))
-        return {
-            remote.relpath: (remote.size, remote.mtime_ns)
-            for remote in store.list_files(storage.join(str(raw_root), night))
-            if _is_raw_file(remote.relpath)
-        }
+        whole = len(folders) == len(camera.FRAME_FOLDERS)
+        stamps = {}
+        for prefix in [""] if whole else list(folders):
+            for remote in store.list_files(storage.join(str(raw_root), night, prefix)):
+                relative = f"{prefix}/{remote.relpath}" if prefix else remote.relpath
+                if _is_raw_file(relative):
+                    stamps[relative] = (remote.size, remote.mtime_ns)
+        return stamps
     night_dir = Path(raw_root) / night
-    paths, _ = find_raw_files(night_dir)
+    paths, _ = find_raw_files(night_dir, folders)
     return {path: _stamp(night_dir / path) for path in paths}
 
 

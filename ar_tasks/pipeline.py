@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import calibration_library as library
+from .association import Windows
 from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
 from .inventory import GroupKey, Inventory, describes
@@ -80,7 +82,42 @@ def reduction_options(
         filters=tuple(params.get("filters") or ()),
         astrometry=AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {})),
         astrometry_jobs=int(os.environ.get(JOBS_ENV, "1")),
+        windows=windows_of(params),
     )
+
+
+def windows_of(params: dict[str, Any]) -> Windows:
+    """How far masters may be borrowed from (params `dark_window_days`, `flat_window_days`;
+    `calibrations_past_only`, which the DAG sets for scheduled runs)."""
+    default = Windows()
+    return Windows(
+        dark_days=_days(params, "dark_window_days", default.dark_days),
+        flat_days=_days(params, "flat_window_days", default.flat_days),
+        past_only=bool(params.get("calibrations_past_only", False)),
+    )
+
+
+def _days(params: dict[str, Any], name: str, default: float) -> float:
+    value = params.get(name)
+    days = default if value is None else float(value)
+    if not days >= 0:
+        raise ValueError(f"{name} must be a number of days >= 0, not {value!r}")
+    return days
+
+
+def archive_of(
+    raw_root: str, products_root: str, options: ReductionOptions, s3: dict[str, str] | None
+) -> library.Archive:
+    """The archive a night of this products tree borrows masters from: the raw root's other
+    nights, the library in the products root (see calibration_library)."""
+    return library.archive_for(raw_root, products_root, options.windows, options.interpolate, s3)
+
+
+def borrowed_identity(layout: NightLayout) -> dict[str, Any]:
+    """What the night's masters record says was borrowed (its night key's part)."""
+    record = publish.read_record(layout, "masters") or {}
+    borrowed = record.get("borrowed", {})
+    return {name: [qc.get("night"), qc.get("key")] for name, qc in sorted(borrowed.items())}
 
 
 def _workspace(
@@ -168,7 +205,11 @@ def night_state(
             return "todo", []
         if not describes(inventory, raw_stamps(raw_root, night, s3)):
             return "todo", []
-        plan = NightPlan.build(inventory, options)
+        archive = archive_of(raw_root, products_root, options, s3)
+        try:
+            plan = NightPlan.build(inventory, options, night, archive, read_frames=False)
+        except library.Undecided:
+            return "todo", []
         manifest = _manifest_for(layout, plan, products_root, night, s3)
     if manifest is None:
         return "todo", []
@@ -198,7 +239,8 @@ def prepare_night(
         _workspace(raw_root, products_root, night, s3, products=patterns) as layout,
     ):
         setup_night(layout, working_copies=None)
-        plan = NightPlan.build(load_inventory(layout), options)
+        archive = archive_of(raw_root, products_root, options, s3)
+        plan = NightPlan.build(load_inventory(layout), options, night, archive)
         if not options.overwrite and _all_current(layout, plan, products_root, night, s3):
             log.info("Night %s: every product is current (night key and products): reused.", night)
             return {"night": night, "current": True, "groups": [], "solve": False}
@@ -355,11 +397,16 @@ def publish_night(
             products = night_products(layout, products_root, night, s3)
             manifest = publish.build_manifest(layout, night, params, raw_dir, products)
         else:
-            plan = NightPlan.build(load_inventory(layout), options)
+            archive = archive_of(raw_root, products_root, options, s3)
+            bad = library.read_bad_list(archive.bad_lists, s3)
+            plan = NightPlan.build(load_inventory(layout), options, night, bad=bad)
+            plan.borrowed = borrowed_identity(layout)  # what the masters' stage borrowed
             if not options.overwrite and _all_current(layout, plan, products_root, night, s3):
                 manifest = publish.read_manifest(layout) or {}
-                if manifest.get("recomputed"):  # this run recomputed nothing: say so
+                changes = manifest.get("calibrations", {}).get("changed")
+                if manifest.get("recomputed") or changes:  # this run changed nothing: say so
                     manifest["recomputed"] = []
+                    manifest.get("calibrations", {})["changed"] = []
                     publish.write_manifest(layout, manifest)
                 return publish.summary(manifest)
             products = night_products(layout, products_root, night, s3)

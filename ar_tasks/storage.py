@@ -217,6 +217,23 @@ class S3Store:
         except Exception as exc:
             raise self._fail(url, exc) from exc
 
+    def read_bytes(self, url: str) -> bytes:
+        """A small object's bytes (a JSON entry, a text list)."""
+        bucket, key = split_s3(url)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise self._fail(url, exc) from exc
+
+    def write_bytes(self, url: str, payload: bytes) -> None:
+        """A small object in one PUT (it appears whole or not at all), with its SHA-256."""
+        bucket, key = split_s3(url)
+        meta = {SHA_METADATA: hashlib.sha256(payload).hexdigest()}
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=payload, Metadata=meta)
+        except Exception as exc:
+            raise self._fail(url, exc) from exc
+
     def delete(self, url: str) -> None:
         """Delete one product object (never called on the raw root)."""
         bucket, key = split_s3(url)

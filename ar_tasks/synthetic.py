@@ -773,9 +773,10 @@ def write_night(
     """
     night_dir = Path(raw_root) / spec.night
     truth_dir = Path(truth_root if truth_root is not None else night_dir.parent / TRUTH_DIRNAME)
-    for folder in FOLDER.values():
-        (night_dir / folder).mkdir(parents=True, exist_ok=True)
     model, frames = build_model(spec)
+    kinds = {f.kind for f in frames} | {"object"}  # a night without darks has no DARK/
+    for kind in kinds:
+        (night_dir / FOLDER[kind]).mkdir(parents=True, exist_ok=True)
     workers = workers or min(2, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(lambda f: _write_frame(f, model, night_dir), frames))

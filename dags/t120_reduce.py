@@ -20,6 +20,10 @@ Astrometry (param `astrometry`) writes `reduced/` with the solved WCS; an image 
 solve fails its night's manifest.
 Every task calls one `ar_tasks` function and passes small dicts through XCom.
 Products: `<products_root>/<night>/` in astro_reduce's layout.
+A night that cannot make a master (no darks of an exposure, no flats in a filter) borrows
+the nearest usable one of another night of the raw archive, within `dark_window_days` and
+`flat_window_days` (scheduled runs: earlier nights only); the library of borrowed masters is
+`<products_root>/ar_calibrations/`, and every product names its masters' night.
 A night whose masters are missing fails only its own branch, with the reason in its manifest;
 errors that a retry would meet again (no calibrations, bad params) are not retried.
 """
@@ -54,6 +58,14 @@ def _results(prepared: object) -> list[dict]:
     return [r for r in results if r and r.get("batch") in batches]
 
 
+def _run_params(params: Any) -> dict:
+    """The run's params for ar_tasks, plus what the run's type decides: a scheduled run
+    borrows masters only from earlier nights (it must not depend on nights still to come)."""
+    run_type = get_current_context()["dag_run"].run_type
+    scheduled = getattr(run_type, "value", run_type) == "scheduled"
+    return {**dict(params), "calibrations_past_only": scheduled}
+
+
 def _stage(name: str, label: str, night: str, **extra: Any) -> dict:
     """Run one stage of the night plan (a function of ar_tasks.pipeline) with the run's params,
     after naming this mapped instance `label`."""
@@ -65,7 +77,7 @@ def _stage(name: str, label: str, night: str, **extra: Any) -> dict:
         params["raw_root"],
         params["products_root"],
         night,
-        params=dict(params),
+        params=_run_params(params),
         settings=_astrometry_settings(params),
         s3=_s3(params),
         **extra,
@@ -186,6 +198,20 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
             title="Products root (absolute path or s3://bucket/prefix)",
         ),
         "interpolate": Param(True, type="boolean", title="Interpolate missing master darks"),
+        "dark_window_days": Param(
+            90,
+            type="number",
+            minimum=0,
+            title="Borrow master darks from nights within this many days (0: never)",
+            description="A night without its own darks of an exposure uses the nearest night "
+            "of the raw archive that has them (scheduled runs: earlier nights only).",
+        ),
+        "flat_window_days": Param(
+            30,
+            type="number",
+            minimum=0,
+            title="Borrow master flats from nights within this many days (0: never)",
+        ),
         "stack": Param(True, type="boolean", title="Align and stack each group"),
         "png": Param(True, type="boolean", title="PNG quick-looks"),
         "astrometry": Param(
@@ -269,7 +295,7 @@ def t120_reduce() -> None:
             params["raw_root"],
             params["products_root"],
             found,
-            dict(params),
+            _run_params(params),
             settings=_astrometry_settings(params),
             s3=_s3(params),
         )

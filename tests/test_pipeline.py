@@ -124,7 +124,13 @@ def test_a_night_without_calibrations_fails_with_its_reason(tmp_path):
     assert ready["groups"] == []
     summary = pipeline.publish_night(str(raw), products, "2023-05-10", {})
     assert summary["status"] == "failed"
-    assert "There are no dark files at all! Cannot calibrate or interpolate." in summary["problems"]
+    # No other night in the archive: what was looked for, and where, is named.
+    assert (
+        f"No master dark of 60 s on this night, and no usable one within ±90 d in {raw}."
+        in summary["problems"]
+    )
+    flats = f"No master flat in filter V on this night, and no usable one within ±30 d in {raw}."
+    assert flats in summary["problems"]
     manifest = json.loads((tmp_path / "products" / "2023-05-10" / "manifest.json").read_text())
     assert all(g["status"] == "failed" for g in manifest["groups"].values())
     assert any("Did not find folder DARK" in w for w in manifest["warnings"])

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from .. import calibration
-from ..fitsio import FrameError, product_header, read_product, set_card, write_image
+from ..association import days_between, mean_date_obs
+from ..fitsio import FrameError, product_header, read_header, read_product, set_card, write_image
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
 from ..logs import VERBOSE
@@ -31,7 +32,47 @@ def missing_masters_message(group: GroupKey, absent: list[str]) -> str:
 
 def aux_recipe() -> dict[str, Any]:
     """The code and parameters that make an aux frame's bytes (see provenance)."""
-    return {"code": code_identity(calibration, calibrate_group, *FITS_WRITING), "parameters": {}}
+    code = code_identity(calibration, calibrate_group, master_cards, *FITS_WRITING)
+    return {"code": code, "parameters": {}}
+
+
+# Header cards naming a product's masters (after BANZAI's L1IDDARK and Gemini's DARKIM):
+# kind -> (astro_reduce-airflow's file card, night card, distance card, <night>/<file> card).
+MASTER_CARDS = {
+    "dark": ("ARDARK", "ARDKNGT", "ARDKDAYS", "DARKIM"),
+    "flat": ("ARFLAT", "ARFLNGT", "ARFLDAYS", "FLATIM"),
+}
+
+
+def master_cards(
+    layout: NightLayout, group: GroupKey, date_obs: str
+) -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
+    """The cards (key, value, comment) that name a group's master dark and flat, their night
+    and their distance in days from `date_obs`, and the same as the group record's `masters`.
+    A master without ARNIGHT (one supplied with --nomaster) is taken as the night's own."""
+    cards: list[tuple[str, Any, str]] = []
+    summary: dict[str, Any] = {}
+    paths = {
+        "dark": layout.master_dark(group.exposure_ms),
+        "flat": layout.master_flat(group.filter),
+    }
+    for kind, path in paths.items():
+        header = read_header(path)
+        night = str(header.get("ARNIGHT") or layout.raw_dir.name)
+        days = days_between(date_obs, str(header.get("ARDATE", "")))
+        file_card, night_card, days_card, image_card = MASTER_CARDS[kind]
+        cards.append((file_card, path.name, f"master {kind} used"))
+        cards.append((night_card, night, f"night of the master {kind}'s frames"))
+        if days is not None:
+            cards.append((days_card, round(days, 3), f"[d] master {kind} to this frame"))
+        cards.append((image_card, f"{night}/{path.name}", f"master {kind}: night/file"))
+        summary[kind] = {
+            "file": relative(layout, path),
+            "night": night,
+            "borrowed": night != layout.raw_dir.name,
+            "days": None if days is None else round(days, 3),
+        }
+    return cards, summary
 
 
 def calibrate_group(
@@ -45,6 +86,7 @@ def calibrate_group(
     dark_path, flat_path = layout.master_dark(group.exposure_ms), layout.master_flat(group.filter)
     recipe = aux_recipe()
     dark_key, flat_key = input_key(dark_path), input_key(flat_path)
+    _, used = master_cards(layout, group, mean_date_obs(f.date_obs for f in frames))
     masters: list[Any] = []
     record: dict[str, Any] = {"problems": [], "written": [], "aux_reused": 0}
     done: list[Frame] = []
@@ -61,8 +103,8 @@ def calibrate_group(
             header["FILTER"] = frame.filter
             set_type(header, "Light Frame", frame.exposure_ms, frame.object)
             set_card(header, "ARRAW", frame.path, "raw frame")
-            set_card(header, "ARDARK", dark_path.name, "master dark subtracted")
-            set_card(header, "ARFLAT", flat_path.name, "master flat divided")
+            for card in master_cards(layout, group, frame.date_obs)[0]:
+                set_card(header, *card)
             write_image(path, aux, stamp(header, key))
             record["written"].append(relative(layout, path))
 
@@ -75,7 +117,7 @@ def calibrate_group(
     record.update(
         calibrated=len(done),
         aux=[relative(layout, layout.aux(f)) for f in done],
-        masters={"dark": relative(layout, dark_path), "flat": relative(layout, flat_path)},
+        masters=used,
     )
     log.log(VERBOSE, "    %s...   Done (%s images).", group.name, len(done))
     if not done:

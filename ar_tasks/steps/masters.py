@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import combine
 from .. import masters as algorithms
+from ..association import mean_date_obs
 from ..combine import median_noise_factor
 from ..fitsheader import Header
 from ..fitsio import frame_header, product_header, read_header, read_product, write_image
@@ -26,14 +27,42 @@ from .common import FITS_WRITING, StepError, add_inputs, read_raw, relative, set
 
 log = logging.getLogger(__name__)
 FLAT_CONSTANTS = ("FLAT_MIN_RESPONSE", "LEVEL_SUBSAMPLE", "LEVEL_SUBSAMPLE_MIN_SIZE")
+QC_CONSTANTS = (
+    "QC_INPUTS",
+    "MAX_INPUT_DISAGREEMENT",
+    "MAX_UNDEFINED_FRACTION",
+    "DARK_LEVEL_RANGE_ADU",
+)
+QC_CODE = (
+    algorithms.input_noise,
+    algorithms.disagreement,
+    algorithms.undefined_fraction,
+    algorithms.master_problem,
+)
+# Record field -> header card of every master's QC figures (read back for a reused master).
+QC_CARDS = {
+    "night": "ARNIGHT",
+    "date_obs": "ARDATE",
+    "frame_noise": "QCFNOISE",
+    "noise": "QCNOISE",
+    "disagreement": "QCDISAGR",
+    "level_adu": "QCLEVEL",
+    "undefined_fraction": "QCUNDEF",
+}
 
 
 def dark_recipe() -> dict[str, Any]:
     """The code and parameters that make a master dark's bytes (see provenance)."""
     code = code_identity(
-        algorithms.master_dark, algorithms.pair_noise, combine, make_master_dark, *FITS_WRITING
+        algorithms.master_dark,
+        algorithms.pair_noise,
+        combine,
+        make_master_dark,
+        _qc_cards,
+        *QC_CODE,
+        *FITS_WRITING,
     )
-    return {"code": code, "parameters": {}}
+    return {"code": code, "parameters": constants(algorithms, QC_CONSTANTS)}
 
 
 def interpolation_recipe() -> dict[str, Any]:
@@ -41,9 +70,11 @@ def interpolation_recipe() -> dict[str, Any]:
         algorithms.fit_dark_model,
         algorithms.interpolate_dark,
         make_interpolated_darks,
+        _qc_cards,
+        *QC_CODE,
         *FITS_WRITING,
     )
-    return {"code": code, "parameters": {}}
+    return {"code": code, "parameters": constants(algorithms, QC_CONSTANTS)}
 
 
 def flat_recipe() -> dict[str, Any]:
@@ -55,9 +86,11 @@ def flat_recipe() -> dict[str, Any]:
         algorithms.master_flat,
         combine,
         make_master_flat,
+        _qc_cards,
+        *QC_CODE,
         *FITS_WRITING,
     )
-    return {"code": code, "parameters": constants(algorithms, FLAT_CONSTANTS)}
+    return {"code": code, "parameters": constants(algorithms, FLAT_CONSTANTS + QC_CONSTANTS)}
 
 
 def dark_key(exposure: int, frames: list[Frame]) -> str:
@@ -74,12 +107,12 @@ def make_master_dark(
     key = dark_key(exposure, frames)
 
     def make() -> None:
-        first: list[np.ndarray] = []  # the first two darks, for the noise of one dark
+        first: list[np.ndarray] = []  # the first darks, for the QC
 
         def darks() -> Any:
             for frame in frames:
                 data = read_raw(layout, frame).data
-                if len(first) < 2:
+                if len(first) < algorithms.QC_INPUTS:
                     first.append(data)
                 yield data
 
@@ -88,11 +121,15 @@ def make_master_dark(
         header["FILTER"] = " " * 8
         set_type(header, "Dark", exposure, "DARK")
         add_inputs(header, frames)
-        noise = algorithms.pair_noise(*first) if len(first) == 2 else float("nan")
-        if np.isfinite(noise):
-            header["QCFNOISE"] = (round(noise, 4), "[ADU] noise of one input dark")
-            master_noise = noise * median_noise_factor(len(frames))
-            header["QCNOISE"] = (round(master_noise, 4), "[ADU] expected noise of the master")
+        noise = algorithms.input_noise(first)
+        qc = {
+            "frame_noise": noise,
+            "noise": noise * median_noise_factor(len(frames)),
+            "disagreement": algorithms.disagreement(first, data, noise),
+            "level_adu": float(np.nanmedian(data[::2, ::2])),
+            "undefined_fraction": algorithms.undefined_fraction(data),
+        }
+        _qc_cards(header, layout, frames, "dark", qc, "ADU")
         write_image(path, data, stamp(header, key))
 
     reused = reuse_or_make(path, key, make, overwrite)
@@ -100,14 +137,38 @@ def make_master_dark(
     return _record(layout, path, frames, reused, frame_noise_adu="QCFNOISE", noise_adu="QCNOISE")
 
 
+def _qc_cards(
+    header: Header, layout: NightLayout, frames: list[Frame], kind: str, qc: dict, unit: str
+) -> None:
+    """A master's night, epoch and QC figures as header cards; StepError (and nothing
+    written) when the figures say it must not be used (masters.master_problem)."""
+    header["ARNIGHT"] = (layout.raw_dir.name, "night whose raw frames made this master")
+    header["ARDATE"] = (mean_date_obs(f.date_obs for f in frames), "mean DATE-OBS of inputs")
+    comments = {
+        "frame_noise": f"[{unit}] noise of one input",
+        "noise": f"[{unit}] expected noise of the master",
+        "disagreement": "max robust std(input - master) / input noise",
+        "level_adu": "[ADU] median level",
+        "undefined_fraction": "fraction of undefined (NaN) pixels",
+    }
+    for field, comment in comments.items():
+        value = qc.get(field)
+        if value is not None and np.isfinite(value):
+            header[QC_CARDS[field]] = (round(float(value), 6), comment)
+    reason = algorithms.master_problem(kind, qc)
+    if reason:
+        raise StepError(f"fails its QC: {reason}")
+
+
 def _record(
     layout: NightLayout, path: Path, frames: list[Frame], reused: bool, **cards: str
 ) -> dict[str, Any]:
-    """A master's QC record; its figures (`cards`: record field -> header keyword) are read
-    from its header, so a reused master's record says what a new one's would."""
+    """A master's QC record; its figures (QC_CARDS and `cards`: record field -> header
+    keyword) are read from its header, so a reused master's record says what a new one's
+    would."""
     header = read_header(path)
     record = {"frames": len(frames), "file": relative(layout, path), "reused": reused}
-    return record | {name: header.get(card) for name, card in cards.items()}
+    return record | {name: header.get(card) for name, card in (QC_CARDS | cards).items()}
 
 
 def make_interpolated_darks(
@@ -120,16 +181,13 @@ def make_interpolated_darks(
     absent = [e for e, path in sources.items() if not path.is_file()]
     if absent:
         raise StepError(f"the master darks of {absent} ms could not be made")
-    recipe = interpolation_recipe()
-    key_inputs = {str(e): input_key(p) for e, p in sources.items()}
+    key_inputs = {e: input_key(p) for e, p in sources.items()}
     counts = [len(darks[e]) for e in exposures]
     model: list[tuple[np.ndarray, np.ndarray]] = []
     results = {}
     for exposure in missing:
         path = layout.master_dark(exposure)
-        key = product_key(
-            "mdark-interpolated", **recipe, exposure=exposure, masters=key_inputs, counts=counts
-        )
+        key = interpolation_key(exposure, key_inputs, counts)
 
         def make(exposure: int = exposure, path: Any = path, key: str = key) -> None:
             if len(exposures) == 1:
@@ -149,26 +207,50 @@ def make_interpolated_darks(
             header["FILTER"] = " " * 8
             set_type(header, "Interpolated dark", exposure, "DARK")
             header["ARDKFROM"] = (",".join(map(str, exposures)), "exposures (ms) of the fit")
+            qc = {
+                "level_adu": float(np.nanmedian(data[::2, ::2])),
+                "undefined_fraction": algorithms.undefined_fraction(data),
+            }
+            inputs = [f for e in exposures for f in darks[e]]
+            _qc_cards(header, layout, inputs, "dark", qc, "ADU")
             write_image(path, data, stamp(header, key))
 
-        reused = reuse_or_make(path, key, make, overwrite)
-        results[str(exposure)] = {
-            "from": exposures,
-            "file": relative(layout, path),
-            "reused": reused,
-        }
+        try:
+            reused = reuse_or_make(path, key, make, overwrite)
+        except StepError as exc:
+            raise StepError(f"the {exposure} ms master dark {exc}") from None
+        results[str(exposure)] = {"from": exposures, **_record(layout, path, [], reused)}
+        del results[str(exposure)]["frames"]
         log.log(VERBOSE, "    %sms...      Done.", exposure)
     return results
 
 
+def interpolation_key(exposure: int, dark_keys: dict[int, str], counts: list[int]) -> str:
+    """The key of an interpolated master dark, from the keys of the masters it is fitted to."""
+    masters = {str(e): k for e, k in sorted(dark_keys.items())}
+    return product_key(
+        "mdark-interpolated",
+        **interpolation_recipe(),
+        exposure=exposure,
+        masters=masters,
+        counts=counts,
+    )
+
+
 def flat_key(layout: NightLayout, filter_name: str, frames: list[Frame]) -> str:
-    darks = {f.exposure_ms: layout.master_dark(f.exposure_ms) for f in frames}
+    """The key of a master flat from its frames and the night's master darks (their files)."""
+    darks = {f.exposure_ms: input_key(layout.master_dark(f.exposure_ms)) for f in frames}
+    return flat_key_of(filter_name, frames, darks)
+
+
+def flat_key_of(filter_name: str, frames: list[Frame], dark_keys: dict[int, str]) -> str:
+    """The key of a master flat from its frames and the keys of the darks it subtracts."""
     return product_key(
         "mtrans",
         **flat_recipe(),
         filter=filter_name,
         inputs=sorted(f.sha256 for f in frames),
-        darks={str(e): input_key(p) for e, p in sorted(darks.items())},
+        darks={str(e): k for e, k in sorted(dark_keys.items())},
     )
 
 
@@ -187,6 +269,7 @@ def make_master_flat(
 
     def make() -> None:
         darks: dict[int, np.ndarray] = {}
+        first: list[np.ndarray] = []  # the first normalised flats, for the QC
 
         def normalised() -> Any:
             for frame in frames:
@@ -196,6 +279,8 @@ def make_master_flat(
                 raw = read_raw(layout, frame).data
                 flat, level = algorithms.normalise_flat(raw, darks[exposure], raw)
                 levels.append(level)
+                if len(first) < algorithms.QC_INPUTS:
+                    first.append(flat)
                 yield flat
 
         data, undefined = algorithms.master_flat(normalised(), copy=False)
@@ -206,6 +291,14 @@ def make_master_flat(
         header["ARFLBAD"] = (undefined, "pixels with response < 5% set undefined (NaN)")
         header["QCLEVMIN"] = (round(min(levels), 1), "[ADU] faintest input flat level")
         header["QCLEVMAX"] = (round(max(levels), 1), "[ADU] brightest input flat level")
+        noise = algorithms.input_noise(first)
+        qc = {
+            "frame_noise": noise,
+            "noise": noise * median_noise_factor(len(frames)),
+            "disagreement": algorithms.disagreement(first, data, noise),
+            "undefined_fraction": undefined / data.size,
+        }
+        _qc_cards(header, layout, frames, "flat", qc, "relative")
         write_image(path, data, stamp(header, key))
 
     reused = reuse_or_make(path, key, make, overwrite)

@@ -165,7 +165,7 @@ def build_manifest(
     recomputed: list[str] = []
     incomplete: list[str] = []
     wanted = set(selected) if selected is not None else set()
-    for kind in ("darks", "interpolated", "flats"):
+    for kind in ("darks", "interpolated", "flats", "borrowed"):
         recomputed += [qc["file"] for qc in masters.get(kind, {}).values() if not qc.get("reused")]
     for key in inventory.groups():
         record = read_record(layout, f"group_{key.name}")
@@ -209,6 +209,7 @@ def build_manifest(
             for f in inventory.frames
         ],
         masters={k: masters.get(k, {}) for k in ("darks", "interpolated", "flats")},
+        calibrations=calibrations(layout, masters.get("borrowed", {})),
         groups=groups,
         astrometry=astrometry,
         problems=problems,
@@ -223,6 +224,25 @@ def build_manifest(
         },
     )
     return manifest
+
+
+def calibrations(layout: NightLayout, borrowed: dict[str, Any]) -> dict[str, Any]:
+    """The masters borrowed from other nights (each with its night, distance, why and the
+    candidates seen), and `changed`: how that differs from the night's previous manifest
+    (a nearer night that arrived, a master listed as bad), e.g. "mtrans_V: 2023-05-01 ->
+    2023-05-06" ("own" for the night's own master)."""
+    previous = read_manifest(layout)
+    changed: list[str] = []
+    if previous is not None:
+        before = {
+            name: qc.get("night")
+            for name, qc in previous.get("calibrations", {}).get("borrowed", {}).items()
+        }
+        now = {name: qc.get("night") for name, qc in borrowed.items()}
+        for name in sorted(set(before) | set(now)):
+            if before.get(name) != now.get(name):
+                changed.append(f"{name}: {before.get(name) or 'own'} -> {now.get(name) or 'own'}")
+    return {"borrowed": borrowed, "changed": changed}
 
 
 def write_manifest(layout: NightLayout, manifest: dict[str, Any]) -> Path:

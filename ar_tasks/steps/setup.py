@@ -12,9 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..fitsio import write_bytes_atomic
+from ..fitsio import read_header, write_bytes_atomic
 from ..inventory import Frame, Inventory, take_inventory
-from ..layout import ASTROMATIC_FOLDERS, REDUCED, SCRATCH_PREFIX, WORKING_FOLDERS, NightLayout
+from ..layout import (
+    ASTROMATIC_FOLDERS,
+    LIBRARY_FOLDER,
+    REDUCED,
+    SCRATCH_PREFIX,
+    WORKING_FOLDERS,
+    NightLayout,
+)
 from ..logs import VERBOSE
 from ..threads import default_jobs, run_each
 from .common import StepError
@@ -132,6 +139,9 @@ def prune_stale_products(layout: NightLayout, inventory: Inventory) -> list[Path
     groups = {g.name for g in inventory.groups()}
     exposures = {f.exposure_ms for f in inventory.frames}
     filters = {f.filter for f in inventory.of_kind("flat")}
+    # A flat borrowed from another night stays while a science filter needs it.
+    science = {f.filter for f in inventory.of_kind("object")}
+    filters |= {f for f in science if _borrowed(layout, layout.master_flat(f))}
     keep: list[tuple[Path, re.Pattern[str], Callable[[re.Match[str]], bool]]] = [
         (layout.cosmetic, _AUX, lambda m: m["stem"] in stems),
         (layout.stacked, _STACK, lambda m: m["group"] in groups),
@@ -148,6 +158,15 @@ def prune_stale_products(layout: NightLayout, inventory: Inventory) -> list[Path
                 path.unlink()
                 removed.append(path)
     return removed
+
+
+def _borrowed(layout: NightLayout, master: Path) -> bool:
+    """True when a master in ar_masters/ was made from another night's frames (ARNIGHT)."""
+    try:
+        night = read_header(master).get("ARNIGHT")
+    except (OSError, ValueError):
+        return False
+    return bool(night) and night != layout.raw_dir.name
 
 
 def remove_temporaries(layout: NightLayout, older_than: float = TEMPORARY_MAX_AGE) -> list[Path]:
@@ -203,7 +222,7 @@ def clear_night(layout: NightLayout, everything: bool = False) -> list[str]:
         layout.inventory_file.name,
         *WORKING_FOLDERS.values(),
     ]
-    names += [layout.masters.name, layout.cosmetic.name, *ASTROMATIC_FOLDERS]
+    names += [layout.masters.name, layout.cosmetic.name, *ASTROMATIC_FOLDERS, LIBRARY_FOLDER]
     names += [QC_FOLDER, MANIFEST]
     if everything:
         names += [REDUCED, layout.stacked.name]

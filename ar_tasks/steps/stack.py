@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import combine, registration, stacking
+from ..association import mean_date_obs
 from ..combine import FrameStack, median_of
 from ..fitsio import (
     FrameError,
@@ -31,6 +32,7 @@ from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
 from ..logs import VERBOSE
 from ..provenance import code_identity, constants, input_key, is_current, product_key, stamp
+from . import calibrate
 from .common import FITS_WRITING, StepError, add_inputs, relative, set_type
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ def stack_recipe() -> dict[str, Any]:
         _sky_level,
         _measure_shifts,
         combine_group,
+        calibrate.master_cards,
         *FITS_WRITING,
     )
     return {"code": code, "parameters": constants(registration, REGISTRATION_CONSTANTS)}
@@ -222,6 +225,9 @@ def combine_group(layout: NightLayout, alignment: Alignment) -> dict[str, Any]:
     set_card(header, "ARREF", reference.path, "alignment reference and header source")
     set_card(header, "ARALIGN", alignment.aligned, "frames aligned before combining")
     header["EXPTOTAL"] = (len(used) * group.exposure_ms / 1000, "[s] summed exposure of inputs")
+    inputs_date = mean_date_obs(frames[i].date_obs for i in used)
+    for card in calibrate.master_cards(layout, group, inputs_date)[0]:
+        set_card(header, *card)
     for index in used:
         s = shifts[index]
         header.add_history(f"{frames[index].path} dy={s.dy:+.3f} dx={s.dx:+.3f} px")
