@@ -230,15 +230,6 @@ def load_entry(archive: Archive, night: str, build: bool = True) -> Entry | None
     return fresh
 
 
-def _save_entry(archive: Archive, entry: Entry) -> None:
-    url = join(archive.library, entry.night, ENTRY_FILE)
-    payload = entry.to_json().encode()
-    if is_s3(url):
-        archive.store().write_bytes(url, payload)
-    else:
-        write_bytes_atomic(Path(url), payload)
-
-
 # ---------------------------------------------------------------------- offers and searches
 
 

@@ -122,6 +122,7 @@ class NightSpec:
     exposure_keyword: str = "EXPTIME"
     max_dither_px: float | None = None
     fwhm_px: float = 3.5
+    bias_offset_adu: float = 0.0  # this night's bias minus the camera's (a bias that drifts)
 
     def __post_init__(self) -> None:
         date.fromisoformat(self.night)
@@ -753,6 +754,8 @@ def reference_catalogue(truth: Truth) -> Catalogue:
 def build_model(spec: NightSpec) -> tuple[_Model, list[_Frame]]:
     """The night's full model and frame plan, without writing anything."""
     camera = _make_camera(spec.size, spec.seed)
+    if spec.bias_offset_adu:
+        camera = dataclasses.replace(camera, bias=camera.bias + np.float32(spec.bias_offset_adu))
     flats = {f: _make_flat(camera, f, spec.seed) for f in spec.filters}
     objects = dict.fromkeys(g.object for g in spec.groups)
     fields = {name: _make_field(name, spec) for name in objects}

@@ -32,7 +32,8 @@ FULL = NightSpec(
     science=(("M 67", "V", 60.0, 3),),
 )
 SCIENCE_ONLY = {"darks": (), "flats": ()}
-# Night -> what it holds (05-03 and 05-05 only science; 05-08 no flats; 09-20 far from all).
+# Night -> what it holds (05-03, 05-05, 05-07 only science; 05-08 no flats; 05-10 darks of
+# other exposures than its science's, no flats; 09-20 far from all).
 ARCHIVE = {
     "2023-05-01": {},
     "2023-05-03": SCIENCE_ONLY,
@@ -40,6 +41,7 @@ ARCHIVE = {
     "2023-05-06": {},
     "2023-05-07": SCIENCE_ONLY,
     "2023-05-08": {"flats": ()},
+    "2023-05-10": {"darks": ((5.0, 3), (180.0, 3)), "flats": ()},  # its own dark line
     "2023-09-20": SCIENCE_ONLY,
 }
 
@@ -188,10 +190,26 @@ def test_nothing_within_the_windows_fails_fast_naming_what_and_where(raw, tmp_pa
         f"No master dark of 60 s on this night, and no usable one within ±90 d in {raw}."
         in (summary["problems"])
     )
-    # Wider windows reach 05-08 (darks, 135 d) and 05-06 (flats): then it is reduced.
+    # Wider windows reach 05-10 (its dark line, 133 d) and 05-06 (flats): then it is reduced.
     wide = {"dark_window_days": 150, "flat_window_days": 150}
     assert reduce(raw, products, "2023-09-20", wide)["status"] == "success"
-    assert masters_of(products, "2023-09-20") == {"dark": "2023-05-08", "flat": "2023-05-06"}
+    assert masters_of(products, "2023-09-20") == {"dark": "2023-05-10", "flat": "2023-05-06"}
+    borrowed = manifest(products, "2023-09-20")["calibrations"]["borrowed"]
+    assert borrowed["mdark_60000"]["how"] == "interpolated"
+
+
+def test_the_nights_own_dark_line_beats_a_neighbours_measured_dark(raw, tmp_path):
+    """05-10 has darks of 5 s and 180 s, its science 60 s; 05-08 has darks of 60 s. Its own
+    line wins (bench/dark_choice.py: 2.5 ADU RMS against 3.3 ADU, whatever the bias drift);
+    without `interpolate` the neighbour's measured dark serves."""
+    products = tmp_path / "products"
+    assert reduce(raw, products, "2023-05-10")["status"] == "success"
+    assert masters_of(products, "2023-05-10") == {"dark": "2023-05-10", "flat": "2023-05-06"}
+    own = header(products / "2023-05-10" / "ar_masters" / "mdark_60000.fits")
+    assert own["IMAGETYP"] == "Interpolated dark" and own["ARNIGHT"] == "2023-05-10"
+    other = tmp_path / "other"
+    assert reduce(raw, other, "2023-05-10", {"interpolate": False})["status"] == "success"
+    assert masters_of(other, "2023-05-10") == {"dark": "2023-05-08", "flat": "2023-05-06"}
 
 
 def test_scheduled_runs_borrow_only_from_earlier_nights(raw, tmp_path):

@@ -55,6 +55,8 @@ DEFAULT_CONF = {
     "filters": [],
     "refcat": None,
     "anet_index": None,
+    "dark_window_days": 90,
+    "flat_window_days": 30,
 }
 
 
@@ -215,6 +217,53 @@ def test_second_run_recomputes_nothing(dag, reduced_archive):
     assert {p: p.stat().st_mtime_ns for p in unchanged} == {p: before[p] for p in unchanged}
 
 
+def test_nights_without_calibrations_borrow_them_from_their_neighbours(dag, tmp_path):
+    """A range where half the nights lack calibrations (06-02: no darks; 06-04: science
+    only): every night succeeds, each product naming its masters' night, against truth."""
+    raw = tmp_path / "raw"
+    spec = {"size": 512, "frames_per_group": 2}
+    write_night(raw, NightSpec(night="2023-06-01", **spec))
+    write_night(raw, NightSpec(night="2023-06-02", darks=(), **spec))
+    write_night(raw, NightSpec(night="2023-06-04", darks=(), flats=(), **spec))
+    (raw / "2023-06-03").mkdir()  # a night folder without data: skipped, not failed
+    products = tmp_path / "products"
+    run = dag.test(
+        run_conf={
+            **DEFAULT_CONF,
+            "first_night": "2023-06-01",
+            "last_night": "2023-06-04",
+            "raw_root": str(raw),
+            "products_root": str(products),
+        }
+    )
+    assert run.state == "success", _task_states(run)
+    assert not (products / "2023-06-03").exists()
+    expected = {  # night -> (its darks' night, its flats' night)
+        "2023-06-01": ("2023-06-01", "2023-06-01"),
+        "2023-06-02": ("2023-06-01", "2023-06-02"),
+        # 06-02's flats need darks it borrows: only a night's own frames make a lent master.
+        "2023-06-04": ("2023-06-01", "2023-06-01"),
+    }
+    for night, (darks, flats) in expected.items():
+        manifest = json.loads((products / night / "manifest.json").read_text())
+        assert manifest["status"] == "success", manifest["problems"]
+        for name, group in manifest["groups"].items():
+            assert group["masters"]["dark"]["night"] == darks, (night, name)
+            assert group["masters"]["flat"]["night"] == flats, (night, name)
+            stack = fits.getheader(products / night / "stacked" / f"{name}.fits")
+            assert (stack["ARDKNGT"], stack["ARFLNGT"]) == (darks, flats)
+    truth = load_truth(raw / "_truth" / "2023-06-04")
+    for group in GROUPS:
+        check_stack(products / "2023-06-04", truth, group, frames=2)
+    fitsverify(fits_products(products / "2023-06-04"))
+    # The borrowed masters were made once, in the products tree's library (06-02 has only
+    # its entry there: the description of its flats, which it cannot lend).
+    library = products / "ar_calibrations"
+    made = sorted(p.relative_to(library).parts[0] for p in library.rglob("*.fits"))
+    assert set(made) == {"2023-06-01"}
+    assert (library / "2023-06-02" / "calibrations.json").is_file()
+
+
 def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
     raw = tmp_path / "raw"
     spec = {"size": 256, "frames_per_group": 2}
@@ -223,12 +272,14 @@ def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
     for dark in (broken / "DARK").iterdir():
         dark.unlink()
     (raw / "2023-06-03").mkdir()  # a night folder without data: skipped, not failed
+    no_borrowing = {"dark_window_days": 0, "flat_window_days": 0}
     state = _run(
         dag,
         first_night="2023-06-01",
         last_night="2023-06-03",
         raw_root=str(raw),
         products_root=str(tmp_path / "products"),
+        **no_borrowing,
     )
     assert state == "failed"
     good = json.loads((tmp_path / "products" / "2023-06-01" / "manifest.json").read_text())
@@ -238,7 +289,7 @@ def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
     )
     bad = json.loads((tmp_path / "products" / "2023-06-02" / "manifest.json").read_text())
     assert bad["status"] == "failed"
-    assert any("no dark files at all" in p for p in bad["problems"])
+    assert any("No master dark of 60 s on this night" in p for p in bad["problems"])
     assert not (tmp_path / "products" / "2023-06-03").exists()
 
     # Again: one night current, the other would fail as before. Nothing runs (the planners
@@ -251,6 +302,7 @@ def test_night_without_darks_fails_only_its_branch(dag, tmp_path):
             "last_night": "2023-06-03",
             "raw_root": str(raw),
             "products_root": str(tmp_path / "products"),
+            **no_borrowing,
         }
     )
     assert run.state == "failed"

@@ -230,7 +230,7 @@ def calibrations(layout: NightLayout, borrowed: dict[str, Any]) -> dict[str, Any
     """The masters borrowed from other nights (each with its night, distance, why and the
     candidates seen), and `changed`: how that differs from the night's previous manifest
     (a nearer night that arrived, a master listed as bad), e.g. "mtrans_V: 2023-05-01 ->
-    2023-05-06" ("own" for the night's own master)."""
+    2023-05-06" ("not borrowed": the night's own master, or none)."""
     previous = read_manifest(layout)
     changed: list[str] = []
     if previous is not None:
@@ -241,7 +241,8 @@ def calibrations(layout: NightLayout, borrowed: dict[str, Any]) -> dict[str, Any
         now = {name: qc.get("night") for name, qc in borrowed.items()}
         for name in sorted(set(before) | set(now)):
             if before.get(name) != now.get(name):
-                changed.append(f"{name}: {before.get(name) or 'own'} -> {now.get(name) or 'own'}")
+                was, now_from = before.get(name), now.get(name)
+                changed.append(f"{name}: {was or 'not borrowed'} -> {now_from or 'not borrowed'}")
     return {"borrowed": borrowed, "changed": changed}
 
 
