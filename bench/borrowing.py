@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -119,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             samples.setdefault(name, []).append(sample)
             print(f"{repeat} {name:<52} {sample.wall_s:6.2f} s {sample.cpu_s:6.2f} s CPU")
     summaries = {name: asdict(Summary.of(s)) for name, s in samples.items()}
+    checks = {
+        "own": cheap_check(raw, runs / "own", OWN),
+        "borrowed": cheap_check(raw, runs / "borrowed", BORROWER),
+    }
     own_wall = summaries["DAG stages, own calibrations"]["wall_s"]
-    result = {"machine": machine_facts(), "repeats": args.repeats, "cases": summaries}
+    result = {
+        "machine": machine_facts(),
+        "repeats": args.repeats,
+        "cases": summaries,
+        "rerun_check_s": checks,
+    }
     out = REPO / "bench" / "results" / "borrowing.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -132,7 +143,24 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {summary['wall_s']:.2f} | {summary['cpu_s']:.2f} | "
             f"{summary['peak_rss_mb']:.0f} | {ratio:.2f} |"
         )
+    print(
+        f"\nA rerun's cheap check (nights_to_reduce, in-process, median of 5): own "
+        f"{checks['own'] * 1000:.1f} ms, borrowed {checks['borrowed'] * 1000:.1f} ms"
+    )
     return 0
+
+
+def cheap_check(raw: Path, products: Path, night: str) -> float:
+    """Seconds of list_nights' check of a reduced night (it must say: current)."""
+    from ar_tasks import pipeline
+
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        choice = pipeline.nights_to_reduce(str(raw), str(products), [night], {})
+        times.append(time.perf_counter() - start)
+        assert choice.todo == [] and choice.failed == {}, choice
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
