@@ -39,9 +39,22 @@ def summarise(night_dir: Path) -> str:
                 wcs += f' ({solution.get("ASTNREF", "?")} stars, {solution["ASTSIGMA"]:.3f}")'
         lines.append(
             f"    {stack.name:<28} {header.get('NCOMBINE', 1):2d} frames, "
-            f"reference {header.get('ARREF', '?')}{wcs}"
+            f"reference {header.get('ARREF', '?')}{wcs}{_masters(header, night_dir.name)}"
         )
     return "\n".join(lines)
+
+
+def _masters(header: dict, night: str) -> str:
+    """ ", masters of 2023-05-09 (1.2 d)" when a stack's masters were borrowed."""
+    parts = []
+    for kind, (key, days) in {
+        "dark": ("ARDKNGT", "ARDKDAYS"),
+        "flat": ("ARFLNGT", "ARFLDAYS"),
+    }.items():
+        lender = header.get(key)
+        if lender and lender != night:
+            parts.append(f"{kind} of {lender} ({header.get(days, '?')} d)")
+    return f", borrowed {' and '.join(parts)}" if parts else ""
 
 
 def main(argv: list[str] | None = None) -> int:

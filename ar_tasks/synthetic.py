@@ -812,6 +812,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--exposure-keyword", choices=EXPOSURE_KEYWORDS, default="EXPTIME")
     parser.add_argument("--truth-root", type=Path, default=None)
     parser.add_argument(
+        "--science-only",
+        action="append",
+        default=[],
+        help="a night (one of --night) written without darks or flats (repeat)",
+    )
+    parser.add_argument(
         "--refcat", type=Path, default=None, help="also write the fields' star catalogue here"
     )
     return parser.parse_args(argv)
@@ -827,7 +833,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         sky_scale=args.sky_scale,
         exposure_keyword=args.exposure_keyword,
     )
-    for night_dir in write_archive(args.root, args.night, base, args.truth_root):
+    unknown = sorted(set(args.science_only) - set(args.night))
+    if unknown:
+        raise SystemExit(f"--science-only {', '.join(unknown)}: not among the --night values")
+    dirs = [
+        write_night(
+            args.root,
+            dataclasses.replace(
+                base,
+                night=night,
+                **({"darks": (), "flats": ()} if night in args.science_only else {}),
+            ),
+            args.truth_root,
+        )
+        for night in args.night
+    ]
+    for night_dir in dirs:
         n_frames = sum(len(list((night_dir / f).glob("*.fits"))) for f in FOLDER.values())
         print(f"{night_dir} {n_frames} frames")
     if args.refcat is not None:

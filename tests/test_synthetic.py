@@ -266,3 +266,22 @@ def test_cli_writes_a_night(tmp_path: Path) -> None:
     assert len(list((tmp_path / NIGHT).glob("*/*.fits"))) == 46
     truth = syn.load_truth(tmp_path / "_truth" / NIGHT)
     assert truth.camera["size"] == 128 and len(truth.frames) == 46
+
+
+def test_the_command_writes_science_only_nights(tmp_path, capsys):
+    """`ar-synth --science-only NIGHT`: that night has no DARK/ or FLAT/ (the demo's second
+    night, which borrows the first night's masters); the other night has all three."""
+    from ar_tasks.synthetic import main
+
+    argv = ["--root", str(tmp_path), "--size", "64", "--frames-per-group", "1"]
+    argv += ["--night", "2023-05-10", "--night", "2023-05-11", "--science-only", "2023-05-11"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "2023-05-10").iterdir()) == [
+        "DARK",
+        "FLAT",
+        "ORIGINAL",
+    ]
+    assert [p.name for p in (tmp_path / "2023-05-11").iterdir()] == ["ORIGINAL"]
+    assert "2023-05-11 5 frames" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2023-05-12"):
+        main([*argv[:6], "--night", "2023-05-10", "--science-only", "2023-05-12"])
