@@ -74,7 +74,8 @@ KINDS = (
     "complete",
 )
 REMOVED_FOLDERS = {"science_only": ("DARK", "FLAT"), "no_flats": ("FLAT",)}
-HOPELESS = ("science_only", "no_flats")  # nights whose masters cannot be made
+HOPELESS = ("science_only", "no_flats")  # nights without their own masters: they failed until
+# 2026-12-03, and borrow their neighbours' masters since (its figures before that are failures)
 RAW_FOLDERS = ("DARK", "FLAT", "ORIGINAL")
 MAX_ACTIVE_RUNS = 2
 CONF = {"astrometry": "none", "png": True}

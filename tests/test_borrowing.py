@@ -155,6 +155,39 @@ def test_a_master_listed_bad_is_never_used_and_the_next_one_is(raw, tmp_path):
     assert borrowed["mtrans_V"]["days"] > 3.5
 
 
+def test_a_nights_own_master_listed_bad_is_replaced_by_a_neighbours(raw, tmp_path):
+    """05-08's own 60 s darks are listed bad: its 60 s dark comes from another night (05-10's
+    dark line, 1.8 d away, is nearer than 05-06's darks, 2.2 d), and the listing is part of
+    the night key: removing it reduces the night again with its own darks."""
+    products = tmp_path / "products"
+    products.mkdir()
+    listed = products / "bad_masters.txt"
+    listed.write_text("2023-05-08 mdark_60000\n")
+    assert reduce(raw, products, "2023-05-08")["status"] == "success"
+    assert masters_of(products, "2023-05-08") == {"dark": "2023-05-10", "flat": "2023-05-06"}
+    assert header(products / "2023-05-08/ar_masters/mdark_60000.fits")["ARNIGHT"] == "2023-05-10"
+    listed.write_text("")
+    assert pipeline.nights_to_reduce(str(raw), str(products), ["2023-05-08"], {}).todo == [
+        "2023-05-08"
+    ]
+    assert reduce(raw, products, "2023-05-08")["status"] == "success"
+    assert masters_of(products, "2023-05-08") == {"dark": "2023-05-08", "flat": "2023-05-06"}
+
+
+def test_the_cli_borrows_from_an_s3_archive(raw, tmp_path, s3):
+    client = s3.client()
+    bucket = s3.new_bucket()
+    for path in sorted((raw / "2023-05-06").rglob("*.fits")):
+        client.upload_file(str(path), bucket, f"raw/{path.relative_to(raw).as_posix()}")
+    night = tmp_path / "2023-05-05"
+    shutil.copytree(raw / "2023-05-05", night)
+    assert run_cli(night, "--setup").returncode == 0
+    done = run_cli(night, "-i", "--calibrations", f"s3://{bucket}/raw")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert header(night / "stacked" / f"{GROUP}.fits")["ARDKNGT"] == "2023-05-06"
+    check_stack(night, load_truth(raw / "_truth" / "2023-05-05"), GROUP, 3)
+
+
 def test_a_master_that_fails_its_qc_is_never_used(raw, tmp_path):
     """A lit-up first flat on 05-06: its master fails its QC (inputs that disagree), is not
     written, is marked bad in the library, and the next night's flat serves."""
