@@ -317,6 +317,9 @@ def associate(
     bad = read_bad_list(archive.bad_lists, archive.s3)
     found = {need.name: Search(need) for need in needs}
     moment = parse_date_obs(when)
+    if needs and moment is None:
+        for each in found.values():
+            each.refused.append("this night's frames have no readable DATE-OBS to measure from")
     if not needs or moment is None:
         return found
     widest = max(archive.windows.days(n.kind) for n in needs)

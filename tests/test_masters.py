@@ -100,3 +100,35 @@ def test_master_flat_guards_dead_pixels():
     master, undefined = masters.master_flat([flat, flat, flat])
     assert undefined == 2 and np.isnan(master[10, 10]) and np.isnan(master[20, 20])
     assert np.nanmax(np.abs(master - 1)) < 1e-6
+
+
+def test_a_masters_qc_tells_agreeing_inputs_from_a_faulty_one():
+    """Three dark frames of read noise 6 ADU around a fixed pattern: one input's noise is
+    measured as 6 ADU (the quietest pair) even when one frame is faulty (a 40% ramp), whose
+    disagreement with the master then exceeds the limit; agreeing inputs stay below 1."""
+    from ar_tasks.masters import (
+        MAX_INPUT_DISAGREEMENT,
+        disagreement,
+        input_noise,
+        master_dark,
+        master_problem,
+    )
+
+    rng = np.random.default_rng(3)
+    pattern = 300 + 20 * rng.standard_normal((256, 256)).astype(np.float32)
+    frames = [pattern + 6 * rng.standard_normal((256, 256)).astype(np.float32) for _ in range(3)]
+    master = master_dark(frames)
+    noise = input_noise(frames)
+    assert noise == pytest.approx(6.0, rel=0.05)
+    agree = disagreement(frames, master, noise)
+    assert 0.3 < agree < 1.0
+    assert master_problem("dark", {"disagreement": agree, "level_adu": 300.0}) == ""
+    faulty = [frames[0] * np.linspace(0.8, 1.2, 256, dtype=np.float32)[None, :], *frames[1:]]
+    faulty_master = master_dark(faulty)
+    assert input_noise(faulty) == pytest.approx(6.0, rel=0.05)  # the pair without it
+    ratio = disagreement(faulty, faulty_master, input_noise(faulty))
+    assert ratio > MAX_INPUT_DISAGREEMENT
+    assert "do not agree" in master_problem("dark", {"disagreement": ratio})
+    assert "undefined" in master_problem("flat", {"undefined_fraction": 0.05})
+    assert "median level is 0.0 ADU" in master_problem("dark", {"level_adu": 0.0})
+    assert np.isnan(disagreement(frames[:1], master, input_noise(frames[:1])))
