@@ -724,6 +724,7 @@ def _borrow(archive: library.Archive, searches: dict[str, Search]) -> Callable[[
                 continue
             qc["why"] = f"this night cannot make its {found.need.describe()}"
             qc["candidates"] = [c.describe() for c in found.candidates]
+            qc["refused"] = list(found.refused)  # nearby masters that did not qualify, and why
             record["borrowed"][name] = qc
             log.info(
                 "  %s: borrowed from %s (%.2f d away).", name, candidate.offer.night, candidate.days

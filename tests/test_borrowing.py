@@ -188,6 +188,27 @@ def test_the_cli_borrows_from_an_s3_archive(raw, tmp_path, s3):
     check_stack(night, load_truth(raw / "_truth" / "2023-05-05"), GROUP, 3)
 
 
+def test_a_night_of_another_camera_set_up_does_not_lend(raw, tmp_path):
+    """05-06's calibration frames say another camera (INSTRUME): 05-05 takes its masters from
+    the next nearest nights, and its manifest says why 05-06 was passed over. 05-01's frames
+    give a CCD set-point, 05-05's do not: unknown matches anything."""
+    for path in sorted((raw / "2023-05-06").glob("[DF]*/*.fits")):
+        with fits.open(path, mode="update") as hdus:
+            hdus[0].header["INSTRUME"] = "FLI PL230"
+    for path in sorted((raw / "2023-05-01").glob("[DF]*/*.fits")):
+        with fits.open(path, mode="update") as hdus:
+            hdus[0].header["SET-TEMP"] = -80.0  # 05-05's science says nothing: any set-point
+    products = tmp_path / "products"
+    assert reduce(raw, products, "2023-05-05")["status"] == "success"
+    # Darks from 05-08 (3 d after), flats from 05-01 (4 d before; 05-08 has none).
+    assert masters_of(products, "2023-05-05") == {"dark": "2023-05-08", "flat": "2023-05-01"}
+    searched = manifest(products, "2023-05-05")["calibrations"]["borrowed"]["mtrans_V"]
+    assert searched["candidates"][0].startswith("2023-05-01")
+    assert searched["refused"] == [
+        "2023-05-06 mtrans_V: instrument 'FLI PL230' (not 'Andor iKon-L 936')"
+    ]
+
+
 def test_a_master_that_fails_its_qc_is_never_used(raw, tmp_path):
     """A lit-up first flat on 05-06: its master fails its QC (inputs that disagree), is not
     written, is marked bad in the library, and the next night's flat serves."""
