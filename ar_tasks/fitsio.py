@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,7 @@ def _file_bytes(
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise FrameError(f"is a damaged gzip file ({exc})") from None
     return raw, sha, (before, after)
 
@@ -312,10 +313,13 @@ def _image_by_astropy(raw: bytes) -> tuple[Header, np.ndarray]:
                 pixels = np.asarray(hdu.data, dtype=np.float32)
         except FrameError:
             raise
-        except (OSError, TypeError, ValueError, IndexError, KeyError) as exc:
+        except Exception as exc:  # astropy's parser on untrusted bytes raises anything:
+            # VerifyError, its CFITSIO errors on damaged tile-compressed data...
             if _warned_truncated(caught):
                 raise truncated from None
-            raise FrameError(f"is not a readable FITS image ({_first_sentence(exc)})") from None
+            kind = "" if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: "
+            reason = f"{kind}{_first_sentence(exc)}"
+            raise FrameError(f"is not a readable FITS image ({reason})") from None
     if _warned_truncated(caught):
         raise truncated
     return header, pixels

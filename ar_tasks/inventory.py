@@ -7,8 +7,11 @@ saved as JSON so a rerun, the CLI and the DAG all see the same night.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -177,28 +180,64 @@ def _grouped(frames: list[Frame], key: Any) -> dict[Any, list[Frame]]:
 
 def find_raw_files(
     night_dir: Path, folders: tuple[str, ...] = tuple(camera.FRAME_FOLDERS)
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], dict[str, str]]:
     """Relative paths of the FITS files in DARK/, FLAT/ and ORIGINAL/ (or only `folders`),
-    sorted, and a note for each other file.
+    sorted; a note for each other file; and the entries named like FITS files that are no
+    file to read (a directory, a dangling link, a link loop...), each with why.
 
     Any case of .fits/.fit/.fts, optionally .gz or .fz (5.1.3's case-sensitive `*.fit*` skipped
     .fts and .FITS silently).
     """
     found: list[str] = []
     ignored: list[str] = []
+    unusable: dict[str, str] = {}
     for folder in folders:
         directory = night_dir / folder
         if not directory.is_dir():
             continue
         for entry in sorted(directory.iterdir()):
-            if entry.name.startswith(".") or not entry.is_file():
+            if entry.name.startswith("."):
                 continue
             relative = f"{folder}/{entry.name}"
-            if camera.is_fits_name(entry.name):
-                found.append(relative)
+            if not camera.is_fits_name(entry.name):
+                if entry.is_file():
+                    ignored.append(f"{relative} is not named like a FITS file: ignored.")
+                continue
+            reason = not_a_file(entry)
+            if reason:
+                unusable[relative] = reason
             else:
-                ignored.append(f"{relative} is not named like a FITS file: ignored.")
-    return found, ignored
+                found.append(relative)
+    return found, ignored, unusable
+
+
+def not_a_file(entry: Path) -> str:
+    """Why a directory entry is no regular file to read ("" when it is one)."""
+    try:
+        mode = entry.stat().st_mode
+    except FileNotFoundError:
+        return f"is a link to `{os.readlink(entry)}`, which does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be examined ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a FITS file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, pipe or socket)"
+    return ""
+
+
+def entry_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a directory entry: of what it points to, else of the link itself."""
+    try:
+        found = path.stat()
+    except OSError:
+        try:
+            found = path.lstat()
+        except OSError:
+            return 0, 0
+    return found.st_size, found.st_mtime_ns
 
 
 def inspect(night_dir: Path, relative: str) -> Frame:
@@ -265,11 +304,14 @@ def take_inventory(
     threads.
     """
     night_dir = Path(night_dir)
-    paths, ignored = find_raw_files(night_dir, folders)
+    paths, ignored, unusable = find_raw_files(night_dir, folders)
     known = {f.path: f for f in previous.frames} if previous else {}
     inventory = Inventory(warnings=ignored)
+    for relative, reason in unusable.items():
+        inventory.quarantined.append(Problem(relative, reason, *entry_stamp(night_dir / relative)))
     candidates: list[tuple[Frame, tuple[int, int]]] = []
-    raw_names: dict[tuple[str, str], set[str]] = defaultdict(set)
+    # (keyword, safe name) -> each original value -> the first file that has it
+    raw_names: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
 
     def examine(relative: str) -> Frame | Problem:
         frame = known.get(relative)
@@ -288,9 +330,9 @@ def take_inventory(
             continue
         candidates.append((frame, frame.shape))
         if frame.kind == "object":
-            raw_names[("OBJECT", frame.object)].add(frame.raw_object)
+            raw_names[("OBJECT", frame.object)].setdefault(frame.raw_object, frame.path)
         if frame.kind != "dark":
-            raw_names[("FILTER", frame.filter)].add(frame.raw_filter)
+            raw_names[("FILTER", frame.filter)].setdefault(frame.raw_filter, frame.path)
     if candidates:
         inventory.shape = _night_shape([shape for _, shape in candidates])
     for frame, shape in candidates:
@@ -350,22 +392,32 @@ def _size(shape: tuple[int, int]) -> str:
     return f"{shape[1]}x{shape[0]} px"
 
 
-def _name_warnings(raw_names: dict[tuple[str, str], set[str]]) -> list[str]:
+def _name_warnings(raw_names: dict[tuple[str, str], dict[str, str]]) -> list[str]:
+    """Warnings for header values renamed into file names, each naming a file that has it."""
     messages = []
     for (keyword, safe), originals in sorted(raw_names.items()):
         if keyword == "OBJECT" and safe == "":
+            first = sorted(originals.values())[0]
             messages.append(
-                "The OBJECT keyword is empty in some frames; their names start with '_'."
+                f"The OBJECT keyword is empty in some frames (e.g. {first}); their names start "
+                "with '_'."
             )
         elif len(originals) > 1:
-            listed = ", ".join(repr(o) for o in sorted(originals))
+            listed = ", ".join(f"{o!r} ({path})" for o, path in sorted(originals.items()))
             messages.append(
                 f"{keyword} values {listed} all become '{safe}' and are grouped together."
             )
-        elif keyword == "OBJECT":
-            original = next(iter(originals))
-            if safe != original.replace(" ", "-").replace("_", "-"):
+        else:
+            ((original, path),) = originals.items()
+            # 5.1.3's own rules: OBJECT turns ' ' and '_' into '-', FILTER drops ' ', '-', '_'.
+            expected = (
+                original.replace(" ", "-").replace("_", "-")
+                if keyword == "OBJECT"
+                else original.replace(" ", "").replace("-", "").replace("_", "")
+            )
+            if safe != expected:
                 messages.append(
-                    f"OBJECT {original!r} has unsafe characters; it is written '{safe}'."
+                    f"{keyword} {original!r} (in {path} and its group) has unsafe characters; "
+                    f"it is written '{safe}'."
                 )
     return messages

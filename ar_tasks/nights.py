@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from . import camera, storage
-from .inventory import find_raw_files
+from .inventory import entry_stamp, find_raw_files
 
 OBSERVATORY_TZ = ZoneInfo("Europe/Paris")
 NIGHT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -100,13 +100,8 @@ def raw_stamps(
                     stamps[relative] = (remote.size, remote.mtime_ns)
         return stamps
     night_dir = Path(raw_root) / night
-    paths, _ = find_raw_files(night_dir, folders)
-    return {path: _stamp(night_dir / path) for path in paths}
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
+    paths, _, unusable = find_raw_files(night_dir, folders)
+    return {path: entry_stamp(night_dir / path) for path in [*paths, *unusable]}
 
 
 def _is_raw_file(relative: str) -> bool:

@@ -213,6 +213,11 @@ def test_bad_inputs_are_named_and_the_rest_is_reduced(small_night):
     with gzip.open(bad / "compressed.FITS.gz", "wb") as stream:  # accepted: any case, gzip
         stream.write(original)
     (bad / "readme.txt").write_text("observing log\n")
+    damaged = bytearray(gzip.compress(original, mtime=0))
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)  # inside the deflate data
+    (bad / "damaged.fits.gz").write_bytes(bytes(damaged))
+    (bad / "folder.fits").mkdir()
+    (bad / "dangling.fits").symlink_to("gone.fits")
     outside_before = _tree(small_night.parent.parent)
 
     result = run_cli(small_night, "--setup")
@@ -223,8 +228,12 @@ def test_bad_inputs_are_named_and_the_rest_is_reduced(small_night):
         ("notes.fits", "is not a readable FITS image (No SIMPLE card found"),
         ("small.fits", "is 128x128 px while the night's frames are 256x256 px"),
         ("allnan.fits", "has 65536 NaN or infinite pixels of 65536"),
+        ("damaged.fits.gz", "is a damaged gzip file ("),
+        ("folder.fits", "is a directory, not a FITS file"),
+        ("dangling.fits", "is a link to `gone.fits`, which does not exist"),
     ):
         assert f"E: ORIGINAL/{name} {reason}" in result.stderr, (name, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
     assert "W: ORIGINAL/readme.txt is not named like a FITS file: ignored." in result.stdout
 
     result = run_cli(small_night, "-i", "-t", "-r")

@@ -105,3 +105,44 @@ def test_an_inventory_taken_just_after_the_writes_records_what_a_later_one_does(
         path = tmp_path / frame.path
         assert frame.known.stamp == fitsio.file_stamp(path.stat())
         assert frame.sha256 == fitsio.sha256_file(path)
+
+
+def test_entries_that_are_no_files_are_quarantined_with_reasons(tmp_path):
+    """A directory, a dangling link and a link loop named like FITS files are named, not
+    skipped in silence; the cheap check lists them without failing; a non-FITS name is a
+    warning."""
+    from ar_tasks.nights import raw_stamps
+
+    night = tmp_path / "2023-05-10"
+    _write(night / "ORIGINAL/good.fits", EXPTIME=60, FILTER="V", OBJECT="M 67")
+    (night / "ORIGINAL/folder.fits").mkdir()
+    (night / "ORIGINAL/gone.fits").symlink_to("nowhere.fits")
+    (night / "ORIGINAL/loop.fits").symlink_to("loop.fits")
+    (night / "ORIGINAL/notes.txt").write_text("seeing 2 arcsec\n")
+    inventory = take_inventory(night)
+    reasons = {p.path: p.reason for p in inventory.quarantined}
+    assert reasons == {
+        "ORIGINAL/folder.fits": "is a directory, not a FITS file",
+        "ORIGINAL/gone.fits": "is a link to `nowhere.fits`, which does not exist",
+        "ORIGINAL/loop.fits": "is a symbolic link loop",
+    }
+    assert [f.path for f in inventory.frames] == ["ORIGINAL/good.fits"]
+    assert inventory.warnings == ["ORIGINAL/notes.txt is not named like a FITS file: ignored."]
+    from ar_tasks.inventory import describes
+
+    stamps = raw_stamps(tmp_path, "2023-05-10")
+    assert set(stamps) == {"ORIGINAL/good.fits", *reasons}
+    assert describes(inventory, stamps)
+
+
+def test_renamed_header_values_name_a_file_that_has_them(tmp_path):
+    _write(tmp_path / "ORIGINAL/a.fits", EXPTIME=60, FILTER="V/../../x", OBJECT="M 67")
+    _write(tmp_path / "ORIGINAL/b.fits", EXPTIME=60, FILTER="R", OBJECT="NGC*2420")
+    _write(tmp_path / "FLAT/f.fits", EXPTIME=5, FILTER="r-SDSS")  # 5.1.3's own rule: silent
+    warnings = take_inventory(tmp_path).warnings
+    assert warnings == [
+        "FILTER 'V/../../x' (in ORIGINAL/a.fits and its group) has unsafe characters; it is "
+        "written 'Vx'.",
+        "OBJECT 'NGC*2420' (in ORIGINAL/b.fits and its group) has unsafe characters; it is "
+        "written 'NGC-2420'.",
+    ]
