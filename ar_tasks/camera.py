@@ -15,6 +15,7 @@ from typing import Any
 NAXIS = 1024
 PIXEL_SCALE_ARCSEC = 0.77
 SATURATION_ADU = 64000.0
+ADC_MAX_ADU = 65535.0  # the 16-bit converter's top: saturated when SATURATE is not given
 # Nominal CD matrix of the T120 (degrees / pixel): ~179.4 deg rotation with flipped parity.
 CD_MATRIX = (
     (-2.138738809045e-04, 2.180959444292e-06),
@@ -103,3 +104,26 @@ def setup(header: Mapping[str, Any]) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError):
         found["set_temp"] = None
     return found
+
+
+_DECLARED_KINDS = (("dark", "dark"), ("bias", "bias"), ("zero", "bias"), ("flat", "flat"))
+_DECLARED_KINDS += (("light", "object"), ("object", "object"), ("science", "object"))
+
+
+def saturation_level(header: Mapping[str, Any]) -> float:
+    """SATURATE (ADU) where the header gives a usable one, else the 16-bit converter's top."""
+    try:
+        level = float(header["SATURATE"])
+    except (KeyError, TypeError, ValueError):
+        return ADC_MAX_ADU
+    return level if math.isfinite(level) and level > 0 else ADC_MAX_ADU
+
+
+def declared_kind(header: Mapping[str, Any]) -> str:
+    """What IMAGETYP says a frame is ("dark", "bias", "flat", "object"; "" when it does not
+    say, or says something else): the folder decides, but a clear contradiction is an error."""
+    text = str(header.get("IMAGETYP", "")).strip().lower()
+    for word, kind in _DECLARED_KINDS:
+        if word in text:
+            return kind
+    return ""

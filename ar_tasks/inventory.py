@@ -24,6 +24,7 @@ from .threads import default_jobs, run_each
 
 INVENTORY_VERSION = 2  # 2: instrument, binning and CCD set-point of each frame
 MAX_NONFINITE_FRACTION = 0.5  # a frame with more NaN/inf pixels than this is unusable
+FOLDER_OF = {"dark": "DARK", "flat": "FLAT", "object": "ORIGINAL"}
 
 
 @dataclass(frozen=True, order=True)
@@ -253,6 +254,7 @@ def inspect(night_dir: Path, relative: str) -> Frame:
         time.sleep(wait / 1e9)
         raw = scan_frame(night_dir / relative)  # header and hash from the same, later, bytes
     header = raw.header
+    _check_declared_kind(kind, header)
     exposure = camera.exposure_ms(header)
     raw_filter = raw_object = ""
     filt = obj = ""
@@ -286,6 +288,16 @@ def inspect(night_dir: Path, relative: str) -> Frame:
         **camera.setup(header),
     )
     return frame
+
+
+def _check_declared_kind(kind: str, header: Any) -> None:
+    """FrameError when IMAGETYP clearly says another kind than the frame's folder (a bias
+    frame is a dark of 0 s: accepted in DARK/). The pixels' plausibility is checked where
+    they are read for a master (steps.masters)."""
+    declared = camera.declared_kind(header)
+    if declared and declared != kind and not (kind == "dark" and declared == "bias"):
+        value = str(header.get("IMAGETYP", "")).strip()
+        raise FrameError(f"has IMAGETYP = {value!r} but is in {FOLDER_OF[kind]}/")
 
 
 def take_inventory(
@@ -333,6 +345,7 @@ def take_inventory(
             raw_names[("OBJECT", frame.object)].setdefault(frame.raw_object, frame.path)
         if frame.kind != "dark":
             raw_names[("FILTER", frame.filter)].setdefault(frame.raw_filter, frame.path)
+    candidates = _without_copies(candidates, inventory)
     if candidates:
         inventory.shape = _night_shape([shape for _, shape in candidates])
     for frame, shape in candidates:
@@ -345,6 +358,23 @@ def take_inventory(
     inventory.quarantined.sort(key=lambda p: p.path)
     inventory.warnings.extend(_name_warnings(raw_names))
     return inventory
+
+
+def _without_copies(
+    candidates: list[tuple[Frame, tuple[int, int]]], inventory: Inventory
+) -> list[tuple[Frame, tuple[int, int]]]:
+    """The candidates less byte-identical copies (same SHA-256): the first by path is used,
+    each other is quarantined naming it (a copied dark would count twice in its master)."""
+    first: dict[str, str] = {}
+    kept = []
+    for frame, shape in sorted(candidates, key=lambda c: c[0].path):
+        original = first.setdefault(frame.sha256, frame.path)
+        if original != frame.path:
+            reason = f"is a byte-identical copy of {original}: used once"
+            inventory.quarantined.append(Problem(frame.path, reason, frame.size, frame.mtime_ns))
+        else:
+            kept.append((frame, shape))
+    return kept
 
 
 def _stamp_before_reading(path: Path) -> tuple[int, int]:

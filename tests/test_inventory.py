@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 from astropy.io import fits
 
@@ -10,7 +12,9 @@ from ar_tasks.inventory import GroupKey, Inventory, take_inventory
 
 def _write(path, shape=(32, 32), **keys):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fits.PrimaryHDU(np.zeros(shape, np.uint16), header=fits.Header(keys)).writeto(path)
+    offset = zlib.crc32(path.name.encode()) % 1000  # never constant, never another's copy
+    data = (300 + offset + np.arange(shape[0] * shape[1]) % 97).astype(np.uint16).reshape(shape)
+    fits.PrimaryHDU(data, header=fits.Header(keys)).writeto(path)
 
 
 def test_grouping_names_and_config(tmp_path):
@@ -145,4 +149,28 @@ def test_renamed_header_values_name_a_file_that_has_them(tmp_path):
         "written 'Vx'.",
         "OBJECT 'NGC*2420' (in ORIGINAL/b.fits and its group) has unsafe characters; it is "
         "written 'NGC-2420'.",
+    ]
+
+
+def test_copies_and_frames_in_the_wrong_folder_are_named(tmp_path):
+    """A byte-identical copy of a dark under another name is used once; a frame whose
+    IMAGETYP says another kind than its folder is left out; a bias frame is a dark of 0 s."""
+    import shutil
+
+    _write(tmp_path / "DARK/d1.fits", EXPTIME=60, IMAGETYP="Dark Frame")
+    shutil.copy(tmp_path / "DARK/d1.fits", tmp_path / "DARK/d1-copy.fits")
+    _write(tmp_path / "DARK/bias.fits", EXPTIME=0, IMAGETYP="Bias Frame")
+    _write(tmp_path / "DARK/light.fits", EXPTIME=60, IMAGETYP="Light Frame")
+    _write(tmp_path / "FLAT/dark.fits", EXPTIME=5, FILTER="V", IMAGETYP="DARK")
+    _write(tmp_path / "ORIGINAL/a.fits", EXPTIME=60, FILTER="V", OBJECT="M 67", IMAGETYP="Light")
+    inventory = take_inventory(tmp_path)
+    assert {p.path: p.reason for p in inventory.quarantined} == {
+        "DARK/d1.fits": "is a byte-identical copy of DARK/d1-copy.fits: used once",
+        "DARK/light.fits": "has IMAGETYP = 'Light Frame' but is in DARK/",
+        "FLAT/dark.fits": "has IMAGETYP = 'DARK' but is in FLAT/",
+    }
+    assert [f.path for f in inventory.frames] == [
+        "DARK/bias.fits",
+        "DARK/d1-copy.fits",
+        "ORIGINAL/a.fits",
     ]
