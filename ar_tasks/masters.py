@@ -23,6 +23,13 @@ LEVEL_SUBSAMPLE_MIN_SIZE = 256  # ... of frames at least this large
 MAX_INPUT_DISAGREEMENT = 2.0  # robust std(input - master) / one input's own noise
 MAX_UNDEFINED_FRACTION = {"dark": 0.001, "flat": 0.02}  # NaN pixels (flats: response < 5%)
 DARK_LEVEL_RANGE_ADU = (1.0, 60000.0)  # a master dark's median level outside it is no dark
+# One calibration frame's own plausibility (frame_problem), before it may enter a master:
+MAX_SATURATED_FRACTION = 0.05  # at or above saturation (BANZAI's 5%)
+MIN_FLAT_SNR = 50.0  # a flat's median S/N after dark subtraction (BANZAI's 50)
+# An input that strays from the master of its siblings (outliers): |frame - master| >= 6
+# sigma in more than 5% of its pixels (BANZAI's comparison), among at least 3 frames.
+OUTLIER_SIGMA = 6.0
+OUTLIER_FRACTION = 0.05
 
 
 def central_region(shape: tuple[int, ...]) -> tuple[slice, slice]:
@@ -204,3 +211,66 @@ def master_problem(kind: str, qc: dict[str, float]) -> str:
     if kind == "dark" and level is not None and not low <= level <= high:
         return f"its median level is {level:.1f} ADU (a dark lies in {low:g}..{high:g})"
     return ""
+
+
+def frame_problem(frame: np.ndarray, saturation: float) -> str:
+    """Why a raw dark or flat cannot enter a master ("" when it may): constant (a readout
+    that failed, an all-zero file), more than MAX_SATURATED_FRACTION of it saturated."""
+    sample = frame[::2, ::2]
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        return "has no defined pixel"
+    low, high = float(finite.min()), float(finite.max())
+    if low == high:
+        return f"is constant (every pixel is {low:g} ADU)"
+    saturated = float(np.count_nonzero(finite >= saturation)) / finite.size
+    if saturated > MAX_SATURATED_FRACTION:
+        return (
+            f"has {saturated:.1%} of its pixels at or above saturation ({saturation:g} ADU; at "
+            f"most {MAX_SATURATED_FRACTION:.0%})"
+        )
+    return ""
+
+
+def flat_signal_problem(level_adu: float, gain: float) -> str:
+    """Why a dark-subtracted flat of this central level is too faint ("" when it is not):
+    its photon S/N, sqrt(level x gain), below MIN_FLAT_SNR."""
+    snr = float(np.sqrt(max(level_adu, 0.0) * gain))
+    if snr < MIN_FLAT_SNR:
+        return (
+            f"is too faint: its level of {level_adu:.0f} ADU gives S/N {snr:.0f} "
+            f"(at least {MIN_FLAT_SNR:g})"
+        )
+    return ""
+
+
+def outlier_fraction(frame: np.ndarray, master: np.ndarray, noise: float) -> float:
+    """The fraction of a frame's pixels (every other one) at OUTLIER_SIGMA x `noise` or more
+    from the master."""
+    diff = np.abs(frame[::2, ::2] - master[::2, ::2])
+    finite = np.isfinite(diff)
+    if not finite.any():
+        return 0.0
+    return float(np.count_nonzero(diff[finite] >= OUTLIER_SIGMA * noise)) / int(finite.sum())
+
+
+def median_without_outliers(
+    stack: FrameStack, noise: float
+) -> tuple[np.ndarray, dict[int, float], list[int]]:
+    """The median of a stack, taken again without the frames that stray from it (each
+    frame's outlier_fraction above OUTLIER_FRACTION); returns (median, {index: fraction} of
+    the frames left out, the indices kept). Only a minority can be outliers, and only among
+    three frames or more: otherwise nothing is left out (the master's QC judges it)."""
+    median = stack.median()
+    everyone = list(range(len(stack)))
+    if len(stack) < 3 or not (np.isfinite(noise) and noise > 0):
+        return median, {}, everyone
+    fractions = {i: outlier_fraction(stack.frame(i), median, noise) for i in everyone}
+    stray = {i: f for i, f in fractions.items() if f > OUTLIER_FRACTION}
+    if not stray or 2 * len(stray) >= len(stack):
+        return median, {}, everyone
+    kept = [i for i in everyone if i not in stray]
+    with FrameStack() as again:
+        for i in kept:
+            again.append(stack.frame(i))
+        return again.median(), stray, kept

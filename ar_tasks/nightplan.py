@@ -635,6 +635,7 @@ def _master(
         except (StepError, FrameError, ValueError) as exc:
             remove_stale(path(night.layout))
             raise StepError(f"{label}: {exc}") from None
+        night.masters()["problems"].extend(qc.pop("problems", []))  # inputs it could not read
         night.masters()[section][name] = qc
 
     return run

@@ -132,3 +132,32 @@ def test_a_masters_qc_tells_agreeing_inputs_from_a_faulty_one():
     assert "undefined" in master_problem("flat", {"undefined_fraction": 0.05})
     assert "median level is 0.0 ADU" in master_problem("dark", {"level_adu": 0.0})
     assert np.isnan(disagreement(frames[:1], master, input_noise(frames[:1])))
+
+
+def test_an_outlier_among_siblings_is_left_out_of_the_median():
+    """Five darks, one lit by a leak of 10 sigma: left out (BANZAI's 6 sigma in > 5% of the
+    pixels), and the median of the other four is what a median of four gives; two strays
+    among three are a majority: nothing is left out."""
+    from ar_tasks.combine import FrameStack
+    from ar_tasks.masters import frame_problem, median_without_outliers
+
+    rng = np.random.default_rng(5)
+    truth = np.full((128, 128), 300.0, np.float32)
+    frames = [truth + 6 * rng.standard_normal(truth.shape).astype(np.float32) for _ in range(5)]
+    frames[2] = frames[2] + 60
+    with FrameStack() as stack:
+        for frame in frames:
+            stack.append(frame)
+        median, stray, kept = median_without_outliers(stack, 6.0)
+    assert list(stray) == [2] and stray[2] > 0.99 and kept == [0, 1, 3, 4]
+    expected = 6 * median_noise_factor(4)
+    assert robust_std(median - truth) < 1.2 * expected and abs(np.mean(median - truth)) < 0.5
+    with FrameStack() as stack:
+        for frame in (frames[0], frames[2], frames[2] + 60):
+            stack.append(frame)
+        assert median_without_outliers(stack, 6.0)[1] == {}
+    assert frame_problem(np.full((8, 8), 7.0), 64000) == "is constant (every pixel is 7 ADU)"
+    burnt = frames[0].copy()
+    burnt[:20] = 65535  # 16% of the frame
+    assert "15.6% of its pixels at or above saturation" in frame_problem(burnt, 64000)
+    assert frame_problem(frames[0], 64000) == ""

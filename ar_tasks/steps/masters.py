@@ -8,6 +8,7 @@ holds. Its QC figures are header cards, so a reused master's record says what a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +17,40 @@ import numpy as np
 from .. import combine
 from .. import masters as algorithms
 from ..association import mean_date_obs
-from ..combine import median_noise_factor
+from ..camera import saturation_level
+from ..combine import FrameStack, median_noise_factor
 from ..fitsheader import Header
-from ..fitsio import frame_header, product_header, read_header, read_product, write_image
+from ..fitsio import (
+    RawFrame,
+    frame_header,
+    product_header,
+    read_header,
+    read_product,
+    write_image,
+)
 from ..inventory import Frame
 from ..layout import NightLayout
 from ..logs import VERBOSE
 from ..provenance import code_identity, constants, input_key, product_key, reuse_or_make, stamp
-from .common import FITS_WRITING, StepError, add_inputs, read_raw, relative, set_type
+from .common import FITS_WRITING, StepError, add_inputs, problem, read_raw, relative, set_type
 
 log = logging.getLogger(__name__)
 FLAT_CONSTANTS = ("FLAT_MIN_RESPONSE", "LEVEL_SUBSAMPLE", "LEVEL_SUBSAMPLE_MIN_SIZE")
 QC_CONSTANTS = (
+    "MAX_SATURATED_FRACTION",
+    "OUTLIER_SIGMA",
+    "OUTLIER_FRACTION",
     "QC_INPUTS",
     "MAX_INPUT_DISAGREEMENT",
     "MAX_UNDEFINED_FRACTION",
     "DARK_LEVEL_RANGE_ADU",
 )
+LEFT_OUT = "ARLFT"  # ARLFTnnn cards of a master: a frame it left out, and why
 QC_CODE = (
+    algorithms.frame_problem,
+    algorithms.outlier_fraction,
+    algorithms.median_without_outliers,
+    saturation_level,
     algorithms.input_noise,
     algorithms.disagreement,
     algorithms.undefined_fraction,
@@ -58,6 +75,8 @@ def dark_recipe() -> dict[str, Any]:
         algorithms.pair_noise,
         combine,
         make_master_dark,
+        _combine,
+        _left_out_cards,
         _qc_cards,
         *QC_CODE,
         *FITS_WRITING,
@@ -86,11 +105,19 @@ def flat_recipe() -> dict[str, Any]:
         algorithms.master_flat,
         combine,
         make_master_flat,
+        _combine,
+        _left_out_cards,
+        _gain,
+        algorithms.flat_signal_problem,
         _qc_cards,
         *QC_CODE,
         *FITS_WRITING,
     )
-    return {"code": code, "parameters": constants(algorithms, FLAT_CONSTANTS + QC_CONSTANTS)}
+    flat_only = ("MIN_FLAT_SNR",)
+    return {
+        "code": code,
+        "parameters": constants(algorithms, FLAT_CONSTANTS + QC_CONSTANTS + flat_only),
+    }
 
 
 def dark_key(exposure: int, frames: list[Frame]) -> str:
@@ -105,36 +132,113 @@ def make_master_dark(
     """ar_masters/mdark_<ms>.fits: the median of the night's darks of one exposure."""
     path = layout.master_dark(exposure)
     key = dark_key(exposure, frames)
+    errors: list[str] = []  # inputs that could not be read (made now)
 
     def make() -> None:
-        first: list[np.ndarray] = []  # the first darks, for the QC
+        def check(frame: Frame, raw: RawFrame) -> tuple[np.ndarray, str]:
+            return raw.data, algorithms.frame_problem(raw.data, saturation_level(raw.header))
 
-        def darks() -> Any:
-            for frame in frames:
-                data = read_raw(layout, frame).data
-                if len(first) < algorithms.QC_INPUTS:
-                    first.append(data)
-                yield data
-
-        data = algorithms.master_dark(darks(), copy=False)
-        header = product_header(frame_header(layout.raw(frames[0])))
+        data, used, left_out, first, noise = _combine(layout, frames, check, "dark", errors)
+        header = product_header(frame_header(layout.raw(used[0])))
         header["FILTER"] = " " * 8
         set_type(header, "Dark", exposure, "DARK")
-        add_inputs(header, frames)
-        noise = algorithms.input_noise(first)
+        add_inputs(header, used)
+        _left_out_cards(header, left_out)
         qc = {
             "frame_noise": noise,
-            "noise": noise * median_noise_factor(len(frames)),
+            "noise": noise * median_noise_factor(len(used)),
             "disagreement": algorithms.disagreement(first, data, noise),
             "level_adu": float(np.nanmedian(data[::2, ::2])),
             "undefined_fraction": algorithms.undefined_fraction(data),
         }
-        _qc_cards(header, layout, frames, "dark", qc, "ADU")
+        _qc_cards(header, layout, used, "dark", qc, "ADU")
         write_image(path, data, stamp(header, key))
 
     reused = reuse_or_make(path, key, make, overwrite)
     log.log(VERBOSE, "    %s ms...    Done (%s images).", exposure, len(frames))
-    return _record(layout, path, frames, reused, frame_noise_adu="QCFNOISE", noise_adu="QCNOISE")
+    record = _record(layout, path, frames, reused, frame_noise_adu="QCFNOISE", noise_adu="QCNOISE")
+    return record | {"problems": errors}
+
+
+def _combine(
+    layout: NightLayout,
+    frames: list[Frame],
+    check: Callable[[Frame, RawFrame], tuple[np.ndarray, str]],
+    kind: str,
+    errors: list[str],
+    noise_floor: Callable[[list[Frame]], float] | None = None,
+) -> tuple[np.ndarray, list[Frame], dict[str, str], list[np.ndarray], float]:
+    """The median of the frames that pass `check` (which turns a raw frame into what is
+    combined, and says why it must not be), less the outliers among them
+    (masters.median_without_outliers); returns (median, frames used, {path: why} of those
+    left out, the first used ones for the QC, one input's noise). One input's noise is the
+    quietest pair's, or `noise_floor` of the frames when it is lower (when no two inputs
+    agree, no pair can tell their noise). An input that cannot be read is also an error,
+    filed in `errors`. StepError when none is left, naming each frame."""
+    left_out: dict[str, str] = {}
+    accepted: list[Frame] = []
+    errors.clear()
+    with FrameStack() as stack:
+        for frame in frames:
+            try:
+                data, reason = check(frame, read_raw(layout, frame))
+            except ValueError as exc:  # FrameError, or a level that cannot be taken: an
+                # input that cannot be used at all is an error, as a science frame's is
+                reason = str(exc).removeprefix(f"{frame.path} ")
+                left_out[frame.path] = reason
+                errors.append(problem(f"{frame.path} {reason}: left out of its master {kind}."))
+                continue
+            if reason:
+                left_out[frame.path] = reason
+                log.warning("%s %s: left out of its master %s.", frame.path, reason, kind)
+                continue
+            stack.append(data, copy=False)
+            accepted.append(frame)
+        if not accepted:
+            raise StepError(
+                f"every {kind} was left out: "
+                + "; ".join(f"{path} {why}" for path, why in left_out.items())
+            )
+        sample = [stack.frame(i) for i in range(min(len(stack), algorithms.QC_INPUTS))]
+        floor = noise_floor(accepted) if noise_floor else float("nan")
+        noise = float(np.nanmin([algorithms.input_noise(sample), floor]))
+        data, stray, kept = algorithms.median_without_outliers(stack, noise)
+        for index, fraction in stray.items():
+            path = accepted[index].path
+            left_out[path] = (
+                f"strays from the master of the others ({fraction:.0%} of its pixels at "
+                f"{algorithms.OUTLIER_SIGMA:g} sigma or more)"
+            )
+            log.warning("%s %s: left out of its master %s.", path, left_out[path], kind)
+        first = [stack.frame(i).copy() for i in kept[: algorithms.QC_INPUTS]]
+    if stray:
+        noise = float(np.nanmin([algorithms.input_noise(first), floor]))
+    return data, [accepted[i] for i in kept], left_out, first, noise
+
+
+def _gain(header: Header) -> float:
+    """GAIN (e-/ADU) where the header gives a usable one, else 1."""
+    try:
+        gain = float(header["GAIN"])
+    except (KeyError, TypeError, ValueError):
+        return 1.0
+    return gain if np.isfinite(gain) and gain > 0 else 1.0
+
+
+def _left_out_cards(header: Header, left_out: dict[str, str]) -> None:
+    """ARLFTnnn cards naming each frame a master left out, and why (read back by _record)."""
+    for index, (path, reason) in enumerate(list(left_out.items())[:999], start=1):
+        header[f"{LEFT_OUT}{index:03d}"] = f"{path}: {reason}"
+
+
+def _left_out_of(header: Header) -> dict[str, str]:
+    found = {}
+    index = 1
+    while f"{LEFT_OUT}{index:03d}" in header:
+        path, _, reason = str(header[f"{LEFT_OUT}{index:03d}"]).partition(": ")
+        found[path] = reason
+        index += 1
+    return found
 
 
 def _qc_cards(
@@ -168,6 +272,8 @@ def _record(
     would."""
     header = read_header(path)
     record = {"frames": len(frames), "file": relative(layout, path), "reused": reused}
+    record["used"] = header.get("NCOMBINE", len(frames))
+    record["left_out"] = _left_out_of(header)
     return record | {name: header.get(card) for name, card in (QC_CARDS | cards).items()}
 
 
@@ -266,39 +372,51 @@ def make_master_flat(
         raise StepError(f"no master dark for the flat exposure(s) {absent} ms")
     key = flat_key(layout, filter_name, frames)
     levels: list[float] = []
+    errors: list[str] = []  # inputs that could not be read (made now)
 
     def make() -> None:
         darks: dict[int, np.ndarray] = {}
-        first: list[np.ndarray] = []  # the first normalised flats, for the QC
+        level_of: dict[str, float] = {}
 
-        def normalised() -> Any:
-            for frame in frames:
-                exposure = frame.exposure_ms
-                if exposure not in darks:
-                    darks[exposure] = read_product(layout.master_dark(exposure))[0]
-                raw = read_raw(layout, frame).data
-                flat, level = algorithms.normalise_flat(raw, darks[exposure], raw)
-                levels.append(level)
-                if len(first) < algorithms.QC_INPUTS:
-                    first.append(flat)
-                yield flat
+        def check(frame: Frame, raw: RawFrame) -> tuple[np.ndarray, str]:
+            reason = algorithms.frame_problem(raw.data, saturation_level(raw.header))
+            if reason:
+                return raw.data, reason
+            exposure = frame.exposure_ms
+            if exposure not in darks:
+                darks[exposure] = read_product(layout.master_dark(exposure))[0]
+            flat, level = algorithms.normalise_flat(raw.data, darks[exposure], raw.data)
+            level_of[frame.path] = level
+            gains.append(_gain(raw.header))
+            return flat, algorithms.flat_signal_problem(level, gains[-1])
 
-        data, undefined = algorithms.master_flat(normalised(), copy=False)
-        header = product_header(frame_header(layout.raw(frames[0])))
+        gains: list[float] = []
+
+        def photon_noise(accepted: list[Frame]) -> float:
+            """One normalised flat's photon noise, 1/sqrt(level x gain) at the median level."""
+            median_level = float(np.median([level_of[f.path] for f in accepted]))
+            return 1.0 / float(np.sqrt(median_level * (np.median(gains) if gains else 1.0)))
+
+        normalised, used, left_out, first, noise = _combine(
+            layout, frames, check, "flat", errors, photon_noise
+        )
+        data, undefined = algorithms.finish_flat(normalised)
+        levels.extend(level_of[f.path] for f in used)
+        header = product_header(frame_header(layout.raw(used[0])))
         header["FILTER"] = filter_name
         set_type(header, "Flat Field", -1000, "FLAT")
-        add_inputs(header, frames)
+        add_inputs(header, used)
+        _left_out_cards(header, left_out)
         header["ARFLBAD"] = (undefined, "pixels with response < 5% set undefined (NaN)")
         header["QCLEVMIN"] = (round(min(levels), 1), "[ADU] faintest input flat level")
         header["QCLEVMAX"] = (round(max(levels), 1), "[ADU] brightest input flat level")
-        noise = algorithms.input_noise(first)
         qc = {
             "frame_noise": noise,
-            "noise": noise * median_noise_factor(len(frames)),
+            "noise": noise * median_noise_factor(len(used)),
             "disagreement": algorithms.disagreement(first, data, noise),
             "undefined_fraction": undefined / data.size,
         }
-        _qc_cards(header, layout, frames, "flat", qc, "relative")
+        _qc_cards(header, layout, used, "flat", qc, "relative")
         write_image(path, data, stamp(header, key))
 
     reused = reuse_or_make(path, key, make, overwrite)
@@ -309,4 +427,4 @@ def make_master_flat(
     )  # fmt: skip
     if levels:  # made now: each input's level
         record["levels_adu"] = [round(v, 1) for v in levels]
-    return record
+    return record | {"problems": errors}
