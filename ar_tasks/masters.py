@@ -25,6 +25,7 @@ MAX_UNDEFINED_FRACTION = {"dark": 0.001, "flat": 0.02}  # NaN pixels (flats: res
 DARK_LEVEL_RANGE_ADU = (1.0, 60000.0)  # a master dark's median level outside it is no dark
 # One calibration frame's own plausibility (frame_problem), before it may enter a master:
 MAX_SATURATED_FRACTION = 0.05  # at or above saturation (BANZAI's 5%)
+MAX_UNDEFINED_INPUT = 0.01  # NaN or infinite pixels (a T120 raw frame, 16-bit, has none)
 MIN_FLAT_SNR = 50.0  # a flat's median S/N after dark subtraction (BANZAI's 50)
 # An input that strays from the master of its siblings (outliers): |frame - master| >= 6
 # sigma in more than 5% of its pixels (BANZAI's comparison), among at least 3 frames.
@@ -214,12 +215,19 @@ def master_problem(kind: str, qc: dict[str, float]) -> str:
 
 
 def frame_problem(frame: np.ndarray, saturation: float) -> str:
-    """Why a raw dark or flat cannot enter a master ("" when it may): constant (a readout
-    that failed, an all-zero file), more than MAX_SATURATED_FRACTION of it saturated."""
+    """Why a raw dark or flat cannot enter a master ("" when it may): undefined pixels over
+    MAX_UNDEFINED_INPUT, constant (a readout that failed, an all-zero file), more than
+    MAX_SATURATED_FRACTION of it saturated."""
     sample = frame[::2, ::2]
     finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         return "has no defined pixel"
+    undefined = 1.0 - finite.size / sample.size
+    if undefined > MAX_UNDEFINED_INPUT:
+        return (
+            f"has {undefined:.1%} of its pixels NaN or infinite (at most "
+            f"{MAX_UNDEFINED_INPUT:.0%} in a calibration frame)"
+        )
     low, high = float(finite.min()), float(finite.max())
     if low == high:
         return f"is constant (every pixel is {low:g} ADU)"

@@ -161,3 +161,6 @@ def test_an_outlier_among_siblings_is_left_out_of_the_median():
     burnt[:20] = 65535  # 16% of the frame
     assert "15.6% of its pixels at or above saturation" in frame_problem(burnt, 64000)
     assert frame_problem(frames[0], 64000) == ""
+    holes = frames[0].copy()
+    holes[:8] = np.nan  # 6% of the frame
+    assert frame_problem(holes, 64000).startswith("has 6.2% of its pixels NaN or infinite")
