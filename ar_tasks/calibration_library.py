@@ -42,7 +42,7 @@ from .association import (
     parse_date_obs,
     search,
 )
-from .fitsio import write_bytes_atomic
+from .fitsio import read_header, write_bytes_atomic
 from .inventory import Frame, Inventory, take_inventory
 from .layout import LIBRARY_FOLDER, NightLayout
 from .provenance import is_current, stored_key
@@ -308,13 +308,16 @@ def associate(
     inventory: Inventory,
     needs: list[Need],
     build: bool = True,
+    bad: frozenset | None = None,
 ) -> dict[str, Search]:
     """For each need, the usable masters of other nights, nearest first (at least the nearest
     and a spare, when the window holds them). Nights are visited nearest first by their
-    folder's date and the walk stops as soon as no farther night can be nearer."""
+    folder's date and the walk stops as soon as no farther night can be nearer. `bad`: the
+    masters listed as bad, when the caller has read the lists already."""
     when = science_time(inventory)
     setup = night_setup(inventory)
-    bad = read_bad_list(archive.bad_lists, archive.s3)
+    if bad is None:
+        bad = read_bad_list(archive.bad_lists, archive.s3)
     found = {need.name: Search(need) for need in needs}
     moment = parse_date_obs(when)
     if needs and moment is None:
@@ -500,8 +503,6 @@ def _placed_record(
     layout: NightLayout, path: Path, candidate: Candidate, reused: bool
 ) -> dict[str, Any]:
     """A borrowed master's record: its QC figures (from its header), its night, distance."""
-    from .fitsio import read_header
-
     header = read_header(path)
     record = {name: header.get(card) for name, card in master_steps.QC_CARDS.items()}
     offer = candidate.offer

@@ -229,7 +229,7 @@ class NightPlan:
         plan = cls(inventory, options, night=night, archive=archive, bad=bad)
         if archive is not None and options.make_masters:
             needs = plan.needs()
-            plan.searches = library.associate(archive, night, inventory, needs, read_frames)
+            plan.searches = library.associate(archive, night, inventory, needs, read_frames, bad)
         makers: dict[str, str] = {}  # master file name -> the task that makes it
         if options.make_masters:
             makers = plan._add_masters()

@@ -178,7 +178,6 @@ def _combine(
     filed in `errors`. StepError when none is left, naming each frame."""
     left_out: dict[str, str] = {}
     accepted: list[Frame] = []
-    errors.clear()
     with FrameStack() as stack:
         for frame in frames:
             try:
