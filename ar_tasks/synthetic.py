@@ -90,6 +90,20 @@ class ScienceGroup(NamedTuple):
     n_frames: int
 
 
+class Spoiler(NamedTuple):
+    """What spoils one science frame, as an archive's bad frames are spoiled: the frame is
+    number `frame` (1-based) of the group (object, filter). Strengths are free, so a test can
+    take each pathology from harmless to ruinous."""
+
+    object: str
+    filter: str
+    frame: int
+    transparency: float = 1.0  # star flux through cloud (1: clear; the sky is unchanged)
+    trail_px: float = 0.0  # length of a tracking trail along x (px)
+    defocus: float = 1.0  # FWHM factor
+    field: str | None = None  # the name of another field the telescope pointed at instead
+
+
 DEFAULT_SCIENCE = (
     ScienceGroup("M 67", "V", 60.0, 5),
     ScienceGroup("M 67", "R", 60.0, 5),
@@ -123,6 +137,7 @@ class NightSpec:
     max_dither_px: float | None = None
     fwhm_px: float = 3.5
     bias_offset_adu: float = 0.0  # this night's bias minus the camera's (a bias that drifts)
+    spoiled: tuple[Spoiler, ...] = ()  # clouded, trailed, defocused or mis-pointed frames
 
     def __post_init__(self) -> None:
         date.fromisoformat(self.night)
@@ -134,6 +149,7 @@ class NightSpec:
             raise ValueError("frames_per_group must be >= 1")
         groups = tuple(ScienceGroup(*g) for g in self.science)
         object.__setattr__(self, "science", groups)
+        object.__setattr__(self, "spoiled", tuple(Spoiler(*s) for s in self.spoiled))
 
     @property
     def groups(self) -> tuple[ScienceGroup, ...]:
@@ -316,7 +332,7 @@ def frame_wcs(wcs_keywords: dict[str, Any], dx: float = 0.0, dy: float = 0.0) ->
     return WCS(header)
 
 
-def _make_field(name: str, spec: NightSpec) -> _Field:
+def _make_field(name: str, spec: NightSpec, filters: Sequence[str] = ()) -> _Field:
     """A star catalogue fixed per (seed, object): uniform positions, power-law fluxes.
 
     Only the flux scale depends on the spec: the three brightest stars in the frame peak near
@@ -356,7 +372,7 @@ def _make_field(name: str, spec: NightSpec) -> _Field:
     headroom = max(SATURATION_ADU - BIAS_LEVEL_ADU - sky_max * t_max, 1000.0)
     f_top = headroom / (peak_fraction * t_max)
     flux = {}
-    for filt in dict.fromkeys(g.filter for g in groups):
+    for filt in dict.fromkeys([g.filter for g in groups] + list(filters)):
         thr, k = FILTER_THROUGHPUT.get(filt, (1.0, 0.0))
         flux[filt] = f_top * rel * thr * 10 ** (-0.4 * k * (colour - 0.5))
     return _Field(name, ra0, dec0, keywords, ra, dec, x, y, flux)
@@ -424,6 +440,9 @@ class _Frame:
     ccd_temp: float = CCD_TEMP_C
     n_cosmics: int = 0
     cosmic_pixels: list[list[float]] = field(default_factory=list)
+    transparency: float = 1.0
+    trail_px: float = 0.0
+    field_name: str | None = None  # the field actually observed, when not `object`
 
 
 def _exposure_token(t: float) -> str:
@@ -470,9 +489,10 @@ def _plan_night(spec: NightSpec) -> tuple[list[_Frame], dict[str, dict[str, Any]
         clock += timedelta(minutes=5)
         prefix = f"{_object_token(g.object)}-{sanitize_filter(g.filter)}-"
         prefix += _exposure_token(g.exposure_s)
-        for _ in range(g.n_frames):
+        for number in range(1, g.n_frames + 1):
             dx, dy = rng.uniform(-spec.dither_px, spec.dither_px, 2)
             fwhm = spec.fwhm_px * rng.uniform(0.9, 1.1)
+            spoiler = _spoiler(spec, g, number)
             clock = add(
                 "object",
                 prefix,
@@ -482,9 +502,20 @@ def _plan_night(spec: NightSpec) -> tuple[list[_Frame], dict[str, dict[str, Any]
                 object=g.object,
                 dx=float(dx),
                 dy=float(dy),
-                fwhm_px=float(fwhm),
+                fwhm_px=float(fwhm * spoiler.defocus),
+                transparency=spoiler.transparency,
+                trail_px=spoiler.trail_px,
+                field_name=spoiler.field,
             )
     return frames, pointings
+
+
+def _spoiler(spec: NightSpec, group: ScienceGroup, number: int) -> Spoiler:
+    """How frame `number` of `group` is spoiled (a clean Spoiler when it is not)."""
+    for spoiler in spec.spoiled:
+        if (spoiler.object, spoiler.filter, spoiler.frame) == (group.object, group.filter, number):
+            return spoiler
+    return Spoiler(group.object, group.filter, number)
 
 
 def _pointing(name: str, rng: np.random.Generator) -> dict[str, Any]:
@@ -557,10 +588,15 @@ def _signal(frame: _Frame, model: _Model) -> np.ndarray:
     flat = model.flats[frame.filter]
     if frame.kind == "flat":
         return dark + flat * np.float32(frame.level_adu)
-    fld = model.fields[frame.object]
+    fld = model.fields[frame.field_name or frame.object]
     size = model.spec.size
-    stars = render_stars(
-        fld.x + frame.dx, fld.y + frame.dy, fld.flux[frame.filter], size, frame.fwhm_px
+    # A trail is the star drawn at evenly spaced points along x, each with its share of flux.
+    steps = max(1, math.ceil(2 * frame.trail_px) + 1)
+    along = np.linspace(-frame.trail_px / 2, frame.trail_px / 2, steps) if steps > 1 else [0.0]
+    flux = fld.flux[frame.filter] * (frame.transparency / steps)
+    stars = sum(
+        render_stars(fld.x + frame.dx + a, fld.y + frame.dy, flux, size, frame.fwhm_px)
+        for a in along
     )
     sky = np.float32(sky_rate(frame.filter, model.spec.sky_scale))
     return dark + flat * ((stars + sky) * np.float32(t))
@@ -642,6 +678,9 @@ def _frame_truth(frame: _Frame) -> dict[str, Any]:
         "flat_level_adu": frame.level_adu,
         "n_cosmics": frame.n_cosmics,
         "cosmic_pixels": frame.cosmic_pixels,
+        "transparency": frame.transparency,
+        "trail_px": frame.trail_px,
+        "field": frame.field_name or frame.object,
     }
 
 
@@ -672,7 +711,7 @@ def _write_truth(truth_dir: Path, model: _Model, frames: list[_Frame]) -> None:
         },
         "sky_rate_adu_s": {f: sky_rate(f, spec.sky_scale) for f in spec.filters},
         "frames": [_frame_truth(f) for f in frames],
-        "fields": {n: _field_truth(f, model.pointings[n]) for n, f in model.fields.items()},
+        "fields": {n: _field_truth(f, model.pointings.get(n, {})) for n, f in model.fields.items()},
     }
     (truth_dir / "truth.json").write_text(json.dumps(doc, indent=1))
 
@@ -759,6 +798,10 @@ def build_model(spec: NightSpec) -> tuple[_Model, list[_Frame]]:
     flats = {f: _make_flat(camera, f, spec.seed) for f in spec.filters}
     objects = dict.fromkeys(g.object for g in spec.groups)
     fields = {name: _make_field(name, spec) for name in objects}
+    for spoiler in spec.spoiled:  # fields observed by mistake, in the filters they were seen
+        if spoiler.field and spoiler.field not in fields:
+            seen = [s.filter for s in spec.spoiled if s.field == spoiler.field]
+            fields[spoiler.field] = _make_field(spoiler.field, spec, seen)
     frames, pointings = _plan_night(spec)
     return _Model(spec, camera, flats, fields, pointings), frames
 
