@@ -205,6 +205,33 @@ def reporting(verbose: bool, log_path: Path | None) -> Iterator[CliHandler]:
     help="Days within which a master flat may be borrowed (0: never).",
 )
 @click.option(
+    "--no-rejection",
+    is_flag=True,
+    help="Stack every frame that registers, whatever its QC figures (frames that do not "
+    "register are still left out).",
+)
+@click.option(
+    "--max-fwhm-ratio",
+    type=click.FloatRange(min=1),
+    default=1.5,
+    show_default=True,
+    help="Leave out frames whose FWHM exceeds this times the group's sharpest (and 2.5\").",
+)
+@click.option(
+    "--max-ellipticity",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.25,
+    show_default=True,
+    help="Leave out frames more elongated than this (and 0.1 more than the group's roundest).",
+)
+@click.option(
+    "--min-transparency",
+    type=click.FloatRange(min=0, max=1),
+    default=0.6,
+    show_default=True,
+    help="Leave out frames whose stars are fainter than this fraction of the group's clearest.",
+)
+@click.option(
     "--raw", help="The night's raw folder (DARK, FLAT, ORIGINAL) or s3:// URL [default: here]."
 )
 @click.option(
@@ -293,6 +320,7 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
     from . import calibration_library as library
     from . import nightplan, pipeline
     from .association import Windows
+    from .frame_qc import Thresholds
     from .nightplan import NightPlan, ReductionOptions
 
     log.info("Parsing configuration file `%s`.", layout.config_file.name)
@@ -317,6 +345,12 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
         make_masters=not options["nomaster"],
         astrometry=astro,
         windows=Windows(options["dark_window"], options["flat_window"]),
+        frame_qc=Thresholds(
+            reject=not options["no_rejection"],
+            max_fwhm_ratio=options["max_fwhm_ratio"],
+            max_ellipticity=options["max_ellipticity"],
+            min_transparency=options["min_transparency"],
+        ),
     )
     archive = _archive(layout, options, reduction)
     bad = library.read_bad_list(
@@ -349,6 +383,8 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
     manifest = plan.manifest(
         layout, layout.name, parameters, label or str(layout.raw_dir), products
     )
+    if reduction.aux_png or reduction.stack_png:  # -t / -r: the night's QC figure too
+        publish.add_qc_figure(layout, manifest)
     publish.write_manifest(layout, manifest)
 
 

@@ -14,6 +14,7 @@ STACKED = "stacked"
 REDUCED = "reduced"
 ASTROMATIC_FOLDERS = ("SEXRES", "PSFRES", "SCAMPRES")
 INVENTORY_FILE = "ar_inventory.json"
+QC_FIGURE = "qc_frames.png"  # the night's frame QC figure, beside manifest.json
 LIBRARY_FOLDER = "ar_calibrations"  # masters made from other nights' frames (see
 # calibration_library): in the DAG's products root, in the CLI's night folder
 SCRATCH_PREFIX = ".ar_astro_"  # an astrometry run's scratch folder in the products folder
@@ -77,6 +78,11 @@ class NightLayout:
 
     def stack(self, group: GroupKey) -> Path:
         return self.stacked / f"{group.name}.fits"
+
+    def stack_qc(self, group: GroupKey) -> Path:
+        """The stack's frame QC (figures, shifts, frames left out), kept beside it so a rerun
+        that reuses the stack still reports them."""
+        return self.stacked / f"{group.name}.qc.json"
 
 
 def png_path(fits_path: Path) -> Path:

@@ -43,6 +43,7 @@ from . import calibration_library as library
 from .association import Candidate, Need, Search, Windows, identity
 from .astrometry import AstrometryOptions
 from .fitsio import FrameError
+from .frame_qc import Thresholds
 from .inventory import Frame, GroupKey, Inventory
 from .layout import ASTROMATIC_FOLDERS, COSMETIC, MASTERS, REDUCED, STACKED, NightLayout
 from .logs import log_context
@@ -91,6 +92,7 @@ class ReductionOptions:
     astrometry: AstrometryOptions = field(default_factory=AstrometryOptions)
     astrometry_jobs: int = 1  # images one solve task solves at once
     windows: Windows = field(default_factory=Windows)  # how far masters may be borrowed from
+    frame_qc: Thresholds = field(default_factory=Thresholds)  # which frames a stack leaves out
 
     def selects(self, group: GroupKey) -> bool:
         """True when a group passes the object and filter restrictions (names sanitised)."""
@@ -111,6 +113,7 @@ class ReductionOptions:
             "filters": sorted(self.filters),
             "astrometry": solving,
             "windows": self.windows.provenance(),
+            "frame_qc": self.frame_qc.parameters(),
         }
 
 
@@ -764,7 +767,10 @@ def _calibrate(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], Non
 
 def _register(group: GroupKey, frames: list[Frame]) -> Callable[[NightRun], None]:
     def run(night: NightRun) -> None:
-        alignment = stack.register_group(night.layout, group, frames, night.options.overwrite)
+        options = night.options
+        alignment = stack.register_group(
+            night.layout, group, frames, options.overwrite, options.frame_qc
+        )
         night.alignments[group] = alignment
 
     return run

@@ -24,6 +24,7 @@ from . import calibration_library as library
 from .association import Windows
 from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
+from .frame_qc import Thresholds
 from .inventory import GroupKey, Inventory, describes
 from .layout import COSMETIC, INVENTORY_FILE, MASTERS, STACKED, NightLayout
 from .logs import log_context
@@ -83,7 +84,25 @@ def reduction_options(
         astrometry=AstrometryOptions.from_mode(mode, overwrite=overwrite, **(settings or {})),
         astrometry_jobs=int(os.environ.get(JOBS_ENV, "1")),
         windows=windows_of(params),
+        frame_qc=thresholds_of(params),
     )
+
+
+def thresholds_of(params: dict[str, Any]) -> Thresholds:
+    """When a stack leaves a frame out (params `frame_rejection`, `max_fwhm_ratio`,
+    `max_ellipticity`, `min_transparency`; a missing one takes its default)."""
+    default = Thresholds()
+    return Thresholds(
+        reject=bool(params.get("frame_rejection", default.reject)),
+        max_fwhm_ratio=_number(params, "max_fwhm_ratio", default.max_fwhm_ratio),
+        max_ellipticity=_number(params, "max_ellipticity", default.max_ellipticity),
+        min_transparency=_number(params, "min_transparency", default.min_transparency),
+    )
+
+
+def _number(params: dict[str, Any], name: str, default: float) -> float:
+    value = params.get(name)
+    return default if value is None else float(value)
 
 
 def windows_of(params: dict[str, Any]) -> Windows:
@@ -411,6 +430,8 @@ def publish_night(
                 return publish.summary(manifest)
             products = night_products(layout, products_root, night, s3)
             manifest = plan.manifest(layout, night, params, raw_dir, products)
+            if options.aux_png:  # the png param: the night's QC figure beside the manifest
+                publish.add_qc_figure(layout, manifest)
         publish.write_manifest(layout, manifest)
         return publish.summary(manifest)
 

@@ -10,6 +10,7 @@ Shifting never wraps either: uncovered pixels are NaN.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,14 @@ MIN_REFINE_STARS = 5
 MIN_PEAK_SNR = 10.0  # peak signal-to-noise of a star used for refinement
 PEAK_BOX = 9  # px: a star's peak is the maximum of this box around it
 CENTROID_RADIUS = 6  # px
+
+
+MATCH_TOLERANCE_PX = 2.0  # a star found this close to its predicted place is matched
+MIN_MATCHED_STARS = 5  # astroalign needs 3 matches, Siril 10 pairs
+MIN_MATCHED_FRACTION = 0.3  # of the stars that should be seen in both (Siril: 30% of pairs)
+MAX_RESIDUAL_PX = 0.5  # RMS of the matched stars about the shift
+FLUX_RADIUS = 6  # px: half-size of the box a star's flux is summed in
+SKY_RADIUS = 10  # px: the box whose border gives the star's local sky
 
 
 class RegistrationError(ValueError):
@@ -275,6 +284,104 @@ class Correlator:
         return Shift(float(dy), float(dx), coarse.peak_ratio, stars=len(offsets))
 
 
+@dataclass(frozen=True)
+class Stars:
+    """A frame's brightest stars: (y, x) centroids and fluxes in the frame's own units
+    (NaN near the edges), as registration checks a shift and compares transparencies."""
+
+    positions: np.ndarray  # (n, 2)
+    fluxes: np.ndarray  # (n,)
+
+
+def star_list(detection: np.ndarray, image: np.ndarray) -> Stars:
+    """The brightest stars of a frame: found on its detection image, measured on the image."""
+    peaks = np.array(brightest_peaks(detection), dtype=np.float64).reshape(-1, 2)
+    found = centroids(detection, peaks[:, 0], peaks[:, 1])
+    found = found[np.isfinite(found).all(axis=1)]
+    return Stars(found, aperture_fluxes(image, found))
+
+
+def aperture_fluxes(image: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Box-aperture fluxes less the median of a wider box's border (the local sky)."""
+    height, width = image.shape
+    fluxes = np.full(len(positions), np.nan)
+    if not len(positions):
+        return fluxes
+    iy, ix = np.rint(positions[:, 0]).astype(int), np.rint(positions[:, 1]).astype(int)
+    ok = (iy >= SKY_RADIUS) & (iy < height - SKY_RADIUS)
+    ok &= (ix >= SKY_RADIUS) & (ix < width - SKY_RADIUS)
+    if not ok.any():
+        return fluxes
+    r, s = FLUX_RADIUS, SKY_RADIUS
+    boxes = np.stack(
+        [image[y - s : y + s + 1, x - s : x + s + 1] for y, x in zip(iy[ok], ix[ok], strict=True)]
+    )
+    ring = np.concatenate(
+        [boxes[:, 0, :], boxes[:, -1, :], boxes[:, 1:-1, 0], boxes[:, 1:-1, -1]], axis=1
+    )
+    core = boxes[:, s - r : s + r + 1, s - r : s + r + 1].astype(np.float64)
+    fluxes[ok] = core.sum(axis=(1, 2)) - core[0].size * np.median(ring, axis=1)
+    return fluxes
+
+
+@dataclass(frozen=True)
+class Match:
+    """How well a frame's own stars confirm its shift onto the reference."""
+
+    matched: int  # reference stars with a frame star within MATCH_TOLERANCE_PX of its place
+    expected: int  # stars that both frames should show (the sparser list, inside the overlap)
+    residual: float  # px, RMS of the matched stars about the shift
+    flux_ratio: float  # median frame / reference flux of the matched stars (NaN: none)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the shift cannot be trusted, or None."""
+        needed = max(MIN_MATCHED_STARS, math.ceil(MIN_MATCHED_FRACTION * self.expected))
+        if self.matched < needed:
+            return (
+                f"does not register: {self.matched} of {self.expected} stars matched "
+                f"(at least {needed} needed; another field, or too few stars?)"
+            )
+        if not self.residual <= MAX_RESIDUAL_PX:
+            return f"does not register: residual {self.residual:.2f} px > {MAX_RESIDUAL_PX} px"
+        return None
+
+
+def match_stars(reference: Stars, frame: Stars, shift: Shift, shape: tuple[int, int]) -> Match:
+    """Match the frame's stars, moved by `shift`, with the reference's."""
+    moved = frame.positions + np.array([shift.dy, shift.dx])
+    margin = CENTROID_RADIUS + 2
+    height, width = shape
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        return (
+            (points[:, 0] > margin)
+            & (points[:, 0] < height - margin)
+            & (points[:, 1] > margin)
+            & (points[:, 1] < width - margin)
+        )
+
+    ref_in = reference.positions[inside(reference.positions - np.array([shift.dy, shift.dx]))]
+    frame_in = moved[inside(moved)]
+    expected = min(len(ref_in), len(frame_in))
+    if not len(reference.positions) or not len(moved):
+        return Match(0, expected, math.nan, math.nan)
+    distance = np.hypot(
+        reference.positions[:, None, 0] - moved[None, :, 0],
+        reference.positions[:, None, 1] - moved[None, :, 1],
+    )
+    nearest = np.argmin(distance, axis=1)
+    close = distance[np.arange(len(nearest)), nearest] <= MATCH_TOLERANCE_PX
+    if not close.any():
+        return Match(0, expected, math.nan, math.nan)
+    offsets = reference.positions[close] - moved[nearest[close]]
+    residual = float(np.sqrt(np.mean(np.sum((offsets - np.median(offsets, axis=0)) ** 2, axis=1))))
+    ratios = frame.fluxes[nearest[close]] / reference.fluxes[close]
+    ratios = ratios[np.isfinite(ratios) & (reference.fluxes[close] > 0)]
+    ratio = float(np.median(ratios)) if ratios.size else math.nan
+    return Match(int(close.sum()), expected, residual, ratio)
+
+
 def brightest_peaks(detection: np.ndarray, count: int = REFINE_STARS) -> list[tuple[int, int]]:
     """Significant local maxima of a detection image, brightest first, away from the edges."""
     edge = CENTROID_RADIUS + 2
@@ -287,20 +394,28 @@ def brightest_peaks(detection: np.ndarray, count: int = REFINE_STARS) -> list[tu
 
 
 def _local_maxima(image: np.ndarray, threshold: float, box: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels above `threshold` that are the maximum of the box x box square around them.
+    """Pixels above `threshold`, at least box // 2 from the edges, that are the maximum of the
+    box x box square around them.
 
     Only the pixels above the threshold (a few thousand) are compared with their
-    neighbourhood, instead of max-filtering the whole frame.
+    neighbourhood, the 3x3 square first (which leaves a few hundred), instead of
+    max-filtering the whole frame.
     """
-    ys, xs = np.nonzero(image > threshold)
+    height, width = image.shape
     half = box // 2
-    padded = np.pad(image, half, mode="constant", constant_values=-np.inf)
-    keep = np.ones(ys.size, dtype=bool)
-    for dy in range(-half, half + 1):
-        for dx in range(-half, half + 1):
-            if dy or dx:
-                keep &= image[ys, xs] >= padded[ys + half + dy, xs + half + dx]
-    return ys[keep], xs[keep]
+    ys, xs = np.nonzero(image > threshold)
+    inside = (ys >= half) & (ys < height - half) & (xs >= half) & (xs < width - half)
+    flat = image.reshape(-1)
+    index = ys[inside] * width + xs[inside]
+    values = flat[index]
+    for reach in sorted({1, half}):
+        keep = np.ones(index.size, dtype=bool)
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                if max(abs(dy), abs(dx)) > (0 if reach == 1 else 1):
+                    keep &= values >= flat[index + dy * width + dx]
+        index, values = index[keep], values[keep]
+    return np.divmod(index, width)
 
 
 def centroids(

@@ -213,6 +213,36 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
             title="Borrow master flats from nights within this many days (0: never)",
         ),
         "stack": Param(True, type="boolean", title="Align and stack each group"),
+        "frame_rejection": Param(
+            True,
+            type="boolean",
+            title="Leave clouded, trailed and blurred frames out of the stacks",
+            description="Off: every frame that registers is stacked. Frames that do not "
+            "register (another field, too few stars) are always left out.",
+        ),
+        "max_fwhm_ratio": Param(
+            1.5,
+            type="number",
+            minimum=1,
+            title="Leave out frames whose FWHM exceeds this times the group's sharpest",
+            description="Frames sharper than 2.5 arcsec are always kept.",
+        ),
+        "max_ellipticity": Param(
+            0.25,
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            title="Leave out frames whose stars are more elongated than this (1 - b/a)",
+            description="And 0.1 more than the group's roundest frame: a group trailed alike "
+            "keeps its frames.",
+        ),
+        "min_transparency": Param(
+            0.6,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Leave out frames whose stars are fainter than this fraction of the clearest",
+        ),
         "png": Param(True, type="boolean", title="PNG quick-looks"),
         "astrometry": Param(
             "none",

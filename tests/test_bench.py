@@ -95,7 +95,8 @@ def test_floor_writes_what_ours_wrote(tmp_path):
     from ar_tasks.steps import load_inventory, setup_night
     from bench import floor
 
-    spec = synthetic.NightSpec(size=64, frames_per_group=2)
+    # 128 px: a 64 px frame shows too few stars for a shift to be checked (5 matched at least).
+    spec = synthetic.NightSpec(size=128, frames_per_group=2)
     night = synthetic.write_night(tmp_path / "raw", spec)
     ours = run.fresh_copy(night, tmp_path / "ours" / night.name)
     layout = NightLayout.in_place(ours)

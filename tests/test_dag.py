@@ -110,6 +110,10 @@ def test_ruff_air_rules_are_clean():
         {"first_night": "10/05/2023"},
         {"astrometry": "guess"},
         {"interpolate": "yes"},
+        {"max_fwhm_ratio": 0.8},
+        {"max_ellipticity": 1.0},
+        {"min_transparency": 1.5},
+        {"frame_rejection": "off"},
     ],
 )
 def test_malformed_params_are_rejected(dag, conf):
@@ -124,6 +128,7 @@ def test_malformed_params_are_rejected(dag, conf):
 def test_good_params_are_accepted(dag):
     params = copy.deepcopy(dag.params)
     params.update({"products_root": "s3://t120-products/reduced", "first_night": "2023-05-10"})
+    params.update({"frame_rejection": False, "max_fwhm_ratio": 2, "min_transparency": 0.3})
     params.validate()
 
 
@@ -172,6 +177,12 @@ def test_manifest_describes_the_night(reduced_archive, night):
     assert len(manifest["inputs"]) == 51 and all(len(i["sha256"]) == 64 for i in manifest["inputs"])
     assert set(manifest["groups"]) == set(GROUPS)
     assert all(g["stack"]["combined"] == 3 for g in manifest["groups"].values())
+    # Every science frame's QC is in the manifest; the png param draws the night's QC figure.
+    for group in manifest["groups"].values():
+        assert [q["stacked"] for q in group["stack"]["qc"]] == [True] * 3
+        assert all(q["fwhm_arcsec"] and q["transparency"] > 0.9 for q in group["stack"]["qc"])
+    assert manifest["qc_figure"] == "qc_frames.png"
+    assert (archive / "products" / night / "qc_frames.png").read_bytes().startswith(b"\x89PNG")
     assert manifest["parameters"]["raw_root"] == conf["raw_root"]
     assert manifest["software"]["ar_tasks"]
     assert manifest["masters"]["darks"]["60000"]["noise_adu"] > 0
@@ -543,6 +554,7 @@ def test_cli_and_dag_write_the_same_products_and_provenance(dag, tmp_path, caplo
     }
     for name, group in by_dag["groups"].items():
         assert by_cli["groups"][name]["stack"]["shifts"] == group["stack"]["shifts"]
+        assert by_cli["groups"][name]["stack"]["qc"] == group["stack"]["qc"]
         assert group["stack"]["aligned"] is True and group["stack"]["left_out"] == []
         assert group["stack"]["ghost_risk"] is False and group["stack"]["missing_aux"] == []
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("ar_tasks")]

@@ -246,6 +246,15 @@ def calibrations(layout: NightLayout, borrowed: dict[str, Any]) -> dict[str, Any
     return {"borrowed": borrowed, "changed": changed}
 
 
+def add_qc_figure(layout: NightLayout, manifest: dict[str, Any]) -> None:
+    """Draw the night's QC figure (before the manifest, which is written last) and name it
+    in the manifest; matplotlib is imported only here."""
+    from .. import qc_figure
+
+    path = qc_figure.write_night_figure(layout, manifest)
+    manifest["qc_figure"] = None if path is None else qc_figure.FIGURE_FILE
+
+
 def write_manifest(layout: NightLayout, manifest: dict[str, Any]) -> Path:
     payload = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     return write_bytes_atomic(layout.out_dir / MANIFEST, payload.encode())

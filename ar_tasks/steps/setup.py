@@ -17,6 +17,7 @@ from ..inventory import Frame, Inventory, take_inventory
 from ..layout import (
     ASTROMATIC_FOLDERS,
     LIBRARY_FOLDER,
+    QC_FIGURE,
     REDUCED,
     SCRATCH_PREFIX,
     WORKING_FOLDERS,
@@ -223,7 +224,7 @@ def clear_night(layout: NightLayout, everything: bool = False) -> list[str]:
         *WORKING_FOLDERS.values(),
     ]
     names += [layout.masters.name, layout.cosmetic.name, *ASTROMATIC_FOLDERS, LIBRARY_FOLDER]
-    names += [QC_FOLDER, MANIFEST]
+    names += [QC_FOLDER, MANIFEST, QC_FIGURE]
     if everything:
         names += [REDUCED, layout.stacked.name]
     removed = []
