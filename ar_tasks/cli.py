@@ -360,6 +360,8 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
     stages = ["solve"] if options["astrometryonly"] else list(nightplan.STAGES)
     _headings(plan, stages)
     jobs = options["jobs"] or default_jobs()
+    # -t / -r: the QC figure at the end, drawn by a process forked now, before any thread.
+    drawer = _figure_drawer() if reduction.aux_png or reduction.stack_png else None
     run = plan.run(plan.start(layout), stages, jobs=jobs, processes=True)
     run.save()
     if "group" in stages and reduction.stack_png:
@@ -383,9 +385,16 @@ def _reduce(layout: NightLayout, options: dict[str, Any], label: str | None) -> 
     manifest = plan.manifest(
         layout, layout.name, parameters, label or str(layout.raw_dir), products
     )
-    if reduction.aux_png or reduction.stack_png:  # -t / -r: the night's QC figure too
-        publish.add_qc_figure(layout, manifest)
+    if drawer is not None:
+        publish.add_qc_figure(layout, manifest, drawer)
+        drawer.close()
     publish.write_manifest(layout, manifest)
+
+
+def _figure_drawer() -> Any:
+    from . import qc_figure
+
+    return qc_figure.Drawer()
 
 
 def _archive(

@@ -335,6 +335,7 @@ def reduce_group(
         "group": key.name,
         "calibrated": record.get("calibrated"),
         "combined": stack.get("combined"),
+        "left_out": len(stack.get("left_out") or []),
         "reused": stack.get("reused"),
     }
 

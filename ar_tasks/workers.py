@@ -99,7 +99,7 @@ def _start_worker(shared: Any, caller: int) -> None:
     products), leave Ctrl-C to it, keep the state, and collect every log record instead of
     emitting it (the caller's handlers write to streams and counters that live there)."""
     global _state
-    _die_with(caller)
+    die_with(caller)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _state = shared
     fitsio.take_written()  # the caller's digests are the caller's
@@ -112,7 +112,7 @@ def _start_worker(shared: Any, caller: int) -> None:
     logging.getLogger().addHandler(_Collector())
 
 
-def _die_with(caller: int) -> None:
+def die_with(caller: int) -> None:
     """SIGKILL when the caller dies (Linux); exit now if it already has."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux: it ends at its next call
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

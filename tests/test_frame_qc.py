@@ -316,3 +316,24 @@ def test_a_shift_is_checked_against_both_frames_stars():
     assert registration.match_stars(
         stars[0], elsewhere, registration.Shift(0, 0, 1), image.shape
     ).problem
+
+
+def test_the_cosmetic_path_never_imports_matplotlib(tmp_path):
+    """Without -t/-r no figure is drawn and matplotlib stays out of the run (0.5 s of imports)."""
+    import subprocess
+    import sys
+
+    night = write_night(tmp_path / "raw", _spec(science=(ScienceGroup("M 67", "V", 60.0, 3),)))
+    assert run_cli(night, "--setup").returncode == 0
+    code = (
+        "import atexit, sys\n"
+        "from ar_tasks.cli import main\n"
+        "atexit.register(lambda: print('matplotlib imported:', 'matplotlib' in sys.modules))\n"
+        "sys.argv = ['astro_reduce', '-i']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=night, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "matplotlib imported: False"
+    assert (night / "stacked" / f"{GROUP}.fits").is_file() and not (
+        night / "qc_frames.png"
+    ).exists()

@@ -246,12 +246,12 @@ def calibrations(layout: NightLayout, borrowed: dict[str, Any]) -> dict[str, Any
     return {"borrowed": borrowed, "changed": changed}
 
 
-def add_qc_figure(layout: NightLayout, manifest: dict[str, Any]) -> None:
+def add_qc_figure(layout: NightLayout, manifest: dict[str, Any], drawer: Any = None) -> None:
     """Draw the night's QC figure (before the manifest, which is written last) and name it
-    in the manifest; matplotlib is imported only here."""
+    in the manifest; matplotlib is imported only to draw it (in `drawer`'s process, if any)."""
     from .. import qc_figure
 
-    path = qc_figure.write_night_figure(layout, manifest)
+    path = qc_figure.write_night_figure(layout, manifest, drawer)
     manifest["qc_figure"] = None if path is None else qc_figure.FIGURE_FILE
 
 
