@@ -26,13 +26,13 @@ from .combine import median_of
 
 STAR_SNR = 10.0  # peak signal-to-noise of a counted star (registration's MIN_PEAK_SNR)
 SHAPE_SNR = 30.0  # peak signal-to-noise of the stars whose shape is measured
-SHAPE_STARS = 25  # the brightest unsaturated stars measured (their median FWHM is good to ~2%)
+SHAPE_STARS = 15  # the brightest unsaturated stars measured (their median FWHM is good to ~2%)
 SHAPE_MIN_STARS = 3  # fewer measured stars: no FWHM or ellipticity (NaN)
 PEAK_BOX = 9  # px: a star is the maximum of this box
 SHARP_RATIO = 0.35  # a star's 3x3 median exceeds this fraction of its peak; a cosmic's does not
 STAMP_RADIUS = 7  # px: half-size of the stamp a star's moments are measured in
 NONLINEAR_FRACTION = 0.8  # peaks above this fraction of the headroom are not measured
-MOMENT_ITERATIONS = 6
+MOMENT_ITERATIONS = 5
 SATURATED_FRACTION_MAX = 0.05  # BANZAI drops a frame with 5% of its pixels saturated
 FWHM_FLOOR_ARCSEC = 2.5  # a frame this sharp is never left out for its FWHM (T120 seeing 2-3")
 ELLIPTICITY_FLOOR = 0.2  # ... nor this round one for its shape (Siril's roundness 0.82 ~ 0.18)

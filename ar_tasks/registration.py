@@ -35,6 +35,7 @@ PEAK_BOX = 9  # px: a star's peak is the maximum of this box around it
 CENTROID_RADIUS = 6  # px
 
 
+CHECK_STARS = 40  # brightest stars of each frame that check its shift
 MATCH_TOLERANCE_PX = 2.0  # a star found this close to its predicted place is matched
 MIN_MATCHED_STARS = 5  # astroalign needs 3 matches, Siril 10 pairs
 MIN_MATCHED_FRACTION = 0.3  # of the stars that should be seen in both (Siril: 30% of pairs)
@@ -295,7 +296,7 @@ class Stars:
 
 def star_list(detection: np.ndarray, image: np.ndarray) -> Stars:
     """The brightest stars of a frame: found on its detection image, measured on the image."""
-    peaks = np.array(brightest_peaks(detection), dtype=np.float64).reshape(-1, 2)
+    peaks = np.array(brightest_peaks(detection, CHECK_STARS), dtype=np.float64).reshape(-1, 2)
     found = centroids(detection, peaks[:, 0], peaks[:, 1])
     found = found[np.isfinite(found).all(axis=1)]
     return Stars(found, aperture_fluxes(image, found))
