@@ -202,6 +202,11 @@ def test_without_rejection_only_frames_that_do_not_register_are_left_out(tmp_pat
     assert strict.returncode == 0
     stack = json.loads((night / "manifest.json").read_text())["groups"][GROUP]["stack"]
     assert {entry["path"] for entry in stack["left_out"]} == {_path(n) for n in (2, 3, 4, 5, 6)}
+    # The QC file of a group the night no longer has goes with its stack at the next setup.
+    (night / "stacked" / "NGC-7000_V_60000.qc.json").write_text("{}")
+    assert run_cli(night, "--setup").returncode == 0
+    assert not (night / "stacked" / "NGC-7000_V_60000.qc.json").exists()
+    assert (night / "stacked" / f"{GROUP}.qc.json").is_file()
 
 
 def test_a_group_with_no_two_frames_alike_fails_and_the_night_goes_on(tmp_path):

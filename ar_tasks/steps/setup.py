@@ -126,7 +126,7 @@ def _make_working_copies(layout: NightLayout, inventory: Inventory, link: bool) 
 
 
 _AUX = re.compile(r"^(?P<stem>.+_[0-9a-f]{32})_aux\.(fits|png)$")
-_STACK = re.compile(r"^(?P<group>[^_]*_[^_]+_\d+)\.(fits|png)$")
+_STACK = re.compile(r"^(?P<group>[^_]*_[^_]+_\d+)\.(fits|png|qc\.json)$")
 _MDARK = re.compile(r"^mdark_(?P<ms>\d+)\.(fits|png)$")
 _MTRANS = re.compile(r"^mtrans_(?P<filter>[^_.]+)\.(fits|png)$")
 

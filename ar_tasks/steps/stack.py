@@ -114,6 +114,7 @@ def stack_recipe(thresholds: frame_qc.Thresholds | None = None) -> dict[str, Any
         _judge,
         _frame_record,
         _kept_qc,
+        _sky_level,
         combine_group,
         calibrate.master_cards,
         *FITS_WRITING,
