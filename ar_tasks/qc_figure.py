@@ -203,6 +203,7 @@ def draw(night: str, groups: dict[str, list[dict[str, Any]]], key: str) -> bytes
         axis.grid(alpha=0.3)
         axis.yaxis.set_major_locator(MaxNLocator(4))  # few ticks: ticks are most of the time
     axes[2].axhline(1.0, color="grey", lw=0.5)
+    axes[2].set_ylim(0, 1.08)  # from 0: a 2% jitter must not read as a cloud
     axes[-1].set_xlabel("DATE-OBS (UT, hours)")
     rejected = sum(1 for points in groups.values() for p in points if not p.get("stacked"))
     total = sum(len(points) for points in groups.values())

@@ -37,8 +37,10 @@ def summarise(night_dir: Path) -> str:
             wcs = f", WCS by {solution['ASTSOLVR']}"
             if "ASTSIGMA" in solution:
                 wcs += f' ({solution.get("ASTNREF", "?")} stars, {solution["ASTSIGMA"]:.3f}")'
+        rejected = int(header.get("ARNREJ", 0) or 0)
+        left_out = f" ({rejected} left out)" if rejected else ""
         lines.append(
-            f"    {stack.name:<28} {header.get('NCOMBINE', 1):2d} frames, "
+            f"    {stack.name:<28} {header.get('NCOMBINE', 1):2d} frames{left_out}, "
             f"reference {header.get('ARREF', '?')}{wcs}{_masters(header, night_dir.name)}"
         )
     return "\n".join(lines)
