@@ -16,7 +16,6 @@ an empty library: it reads 05-09's calibration frames and makes the masters).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -25,7 +24,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.harness import Command, Sample, Summary, machine_facts, run_measured, run_sequence
+from bench.harness import (
+    Command,
+    Sample,
+    Summary,
+    machine_facts,
+    run_measured,
+    run_sequence,
+    save_results,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -132,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": summaries,
         "rerun_check_s": checks,
     }
-    out = REPO / "bench" / "results" / "borrowing.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_results("borrowing", result)
     print("\n| case | wall (s) | CPU (s) | peak PSS (MB) | ÷ own (DAG) |")
     print("|---|---:|---:|---:|---:|")
     for name, summary in summaries.items():

@@ -11,7 +11,6 @@ separately), in ADU. Prints a table; bench/results/dark_choice.json keeps it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from astropy.io import fits
 
 from ar_tasks import pipeline
 from ar_tasks.synthetic import NightSpec, load_truth, write_night
+from bench.harness import save_results
 
 REPO = Path(__file__).resolve().parent.parent
 SCIENCE = (("M 67", "V", 60.0, 3),)
@@ -75,9 +75,7 @@ def main() -> int:
             results[f"{drift:g}"] = case(drift, 1024, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = REPO / "bench" / "results" / "dark_choice.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    save_results("dark_choice", results)
     print(
         "| bias drift between the nights | master dark of 60 s | RMS error | mean error "
         "| hot pixels RMS |"

@@ -12,7 +12,6 @@ Medians go to bench/results/frame_qc.json and a table for BENCHMARKS.md is print
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -22,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.harness import Command, Sample, Summary, machine_facts, run_sequence
+from bench.harness import Command, Sample, Summary, machine_facts, run_sequence, save_results
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -149,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": summaries,
         "qc_work": work,
     }
-    out = REPO / "bench" / "results" / "frame_qc.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_results("frame_qc", result)
     print("\n| case | wall (s) | CPU (s) | peak RSS (MB) |")
     print("|---|---:|---:|---:|")
     for name, summary in summaries.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import resource
@@ -199,3 +200,14 @@ def self_rusage() -> tuple[float, float]:
     """(CPU seconds, peak RSS MiB) of the current process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_results(name: str, payload: Any) -> Path:
+    """A bench's figures as bench/results/<name>.json (ignored by git)."""
+    out = RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    return out

@@ -125,6 +125,15 @@ def test_malformed_params_are_rejected(dag, conf):
         params.validate()
 
 
+def test_frame_qc_params_default_to_the_library_thresholds(dag):
+    from ar_tasks.frame_qc import Thresholds
+
+    library = Thresholds()
+    assert dag.params["frame_rejection"] is library.reject
+    for name in ("max_fwhm_ratio", "max_ellipticity", "min_transparency"):
+        assert dag.params[name] == getattr(library, name), name
+
+
 def test_good_params_are_accepted(dag):
     params = copy.deepcopy(dag.params)
     params.update({"products_root": "s3://t120-products/reduced", "first_night": "2023-05-10"})

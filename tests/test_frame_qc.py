@@ -342,3 +342,14 @@ def test_the_cosmetic_path_never_imports_matplotlib(tmp_path):
     assert (night / "stacked" / f"{GROUP}.fits").is_file() and not (
         night / "qc_frames.png"
     ).exists()
+
+
+def test_the_thresholds_defaults_are_the_same_for_the_cli_and_the_library():
+    """The CLI spells its defaults out (its module must not import numpy for --setup)."""
+    from ar_tasks.cli import cli
+
+    defaults = {param.name: param.default for param in cli.params}
+    library = frame_qc.Thresholds()
+    assert library.reject  # and --no-rejection is a flag: rejection is on by default
+    for name in ("max_fwhm_ratio", "max_ellipticity", "min_transparency"):
+        assert defaults[name] == getattr(library, name), name
