@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import zlib
 
 import numpy as np
+import pytest
 from astropy.io import fits
+from conftest import ASTRO_REDUCE
 
 from ar_tasks.inventory import GroupKey, Inventory, take_inventory
 
@@ -174,3 +180,34 @@ def test_copies_and_frames_in_the_wrong_folder_are_named(tmp_path):
         "DARK/d1-copy.fits",
         "ORIGINAL/a.fits",
     ]
+
+
+def test_an_unreadable_file_is_quarantined_and_the_night_goes_on(small_night):
+    """A raw frame without read permission (root is made to respect the permissions by
+    dropping CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH): named at setup, the rest reduced."""
+    unreadable = sorted((small_night / "ORIGINAL").glob("M67-V-*"))[0]
+    unreadable.chmod(0)
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads every file, and setpriv (util-linux) is missing")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    try:
+        for args in (["--setup"], ["-i"]):
+            result = subprocess.run(
+                [*prefix, str(ASTRO_REDUCE), *args],
+                cwd=small_night,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert "Traceback" not in result.stdout + result.stderr
+        name = f"ORIGINAL/{unreadable.name}"
+        assert f"{name}" in result.stderr or f"{name}" in result.stdout
+        manifest = json.loads((small_night / "manifest.json").read_text())
+        reasons = {q["path"]: q["reason"] for q in manifest["quarantined"]}
+        assert "Permission denied" in reasons[name], reasons
+        assert manifest["groups"]["M-67_V_60000"]["stack"]["combined"] >= 2
+    finally:
+        unreadable.chmod(0o644)
