@@ -14,6 +14,7 @@ from typing import Any
 # Detector (Andor 2048^2 binned 2x2, as encoded in astro_reduce 5.1.3's t120-andor1024.ahead).
 NAXIS = 1024
 PIXEL_SCALE_ARCSEC = 0.77
+BINNING = 2  # the binning PIXEL_SCALE_ARCSEC is for
 SATURATION_ADU = 64000.0
 ADC_MAX_ADU = 65535.0  # the 16-bit converter's top: saturated when SATURATE is not given
 # Nominal CD matrix of the T120 (degrees / pixel): ~179.4 deg rotation with flipped parity.
@@ -108,6 +109,17 @@ def setup(header: Mapping[str, Any]) -> dict[str, Any]:
 
 _DECLARED_KINDS = (("dark", "dark"), ("bias", "bias"), ("zero", "bias"), ("flat", "flat"))
 _DECLARED_KINDS += (("light", "object"), ("object", "object"), ("science", "object"))
+
+
+def pixel_scale(header: Mapping[str, Any]) -> float:
+    """Arcseconds per pixel of a frame: PIXEL_SCALE_ARCSEC at 2x2, scaled by XBINNING."""
+    try:
+        binning = float(header["XBINNING"])
+    except (KeyError, TypeError, ValueError):
+        return PIXEL_SCALE_ARCSEC
+    if not (math.isfinite(binning) and 1 <= binning <= 16):
+        return PIXEL_SCALE_ARCSEC
+    return PIXEL_SCALE_ARCSEC * binning / BINNING
 
 
 def saturation_level(header: Mapping[str, Any]) -> float:

@@ -70,3 +70,11 @@ def test_filter_names_are_safe(raw, safe):
 )
 def test_fits_names(name, accepted):
     assert camera.is_fits_name(name) is accepted
+
+
+def test_pixel_scale_follows_the_binning():
+    from ar_tasks.camera import PIXEL_SCALE_ARCSEC, pixel_scale
+
+    assert pixel_scale({"XBINNING": 2}) == PIXEL_SCALE_ARCSEC
+    assert pixel_scale({"XBINNING": 1}) == PIXEL_SCALE_ARCSEC / 2
+    assert pixel_scale({}) == pixel_scale({"XBINNING": "N/A"}) == PIXEL_SCALE_ARCSEC

@@ -96,6 +96,7 @@ class _Measured:
     scores: list[float]
     figures: list[frame_qc.FrameFigures | None]
     skies: list[float]
+    pixel_scale: float = camera.PIXEL_SCALE_ARCSEC  # arcsec/px (the frames' binning)
 
 
 def stack_recipe(thresholds: frame_qc.Thresholds | None = None) -> dict[str, Any]:
@@ -217,6 +218,7 @@ def _measure_frames(layout: NightLayout, frames: list[Frame], detections: FrameS
         measured.stars.append(registration.star_list(detection, aux))
         figures = frame_qc.from_header(header)
         measured.figures.append(figures)
+        measured.pixel_scale = camera.pixel_scale(header)
         sky = figures.sky if figures is not None else math.nan
         measured.skies.append(sky if math.isfinite(sky) else _sky_level(aux))
     return measured
@@ -237,7 +239,7 @@ def _choose_reference(
     reference: the frames cannot be aligned and the group fails.
     """
     count = len(frames)
-    own = frame_qc.judge(measured.figures, [None] * count, thresholds)
+    own = frame_qc.judge(measured.figures, [None] * count, thresholds, measured.pixel_scale)
     candidates = sorted(
         (i for i in range(count) if not own[i]),
         key=lambda i: (measured.scores[i], frames[i].id),
@@ -318,7 +320,7 @@ def _judge(
             ratios[index] = ratio if math.isfinite(ratio) and ratio > 0 else None
     clearest = max((r for r in ratios if r is not None), default=1.0)
     transparency = [None if r is None else r / clearest for r in ratios]
-    reasons = frame_qc.judge(measured.figures, transparency, thresholds)
+    reasons = frame_qc.judge(measured.figures, transparency, thresholds, measured.pixel_scale)
     failed: dict[int, str] = {}
     for index in range(len(frames)):
         why = list(reasons[index])
@@ -351,7 +353,7 @@ def _frame_record(
     record: dict[str, Any] = {"path": frame.path, "date_obs": frame.date_obs}
     record.update(figures.as_record() if figures is not None else {})
     fwhm = record.get("fwhm")
-    record["fwhm_arcsec"] = None if fwhm is None else round(fwhm * camera.PIXEL_SCALE_ARCSEC, 3)
+    record["fwhm_arcsec"] = None if fwhm is None else round(fwhm * measured.pixel_scale, 3)
     clarity = transparency[index]
     record["transparency"] = None if clarity is None else round(clarity, 4)
     check = checks.get(index)
