@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from .. import calibration, camera, frame_qc
 from ..association import days_between, mean_date_obs
 from ..combine import median_of
@@ -81,8 +83,10 @@ def master_cards(
 def raw_level(raw: Any) -> float:
     """The raw frame's median (bias, dark and sky), from a sparse sample: what a star's peak
     stands on before it reaches the saturation level."""
-    sample = raw[:: frame_qc.SKY_STEP, :: frame_qc.SKY_STEP]
-    return float(median_of(sample.reshape(-1)))
+    sample = raw[:: frame_qc.SKY_STEP, :: frame_qc.SKY_STEP].reshape(-1)
+    if sample.dtype.kind == "f":  # a float raw frame may hold NaN (16-bit integers cannot)
+        sample = sample[np.isfinite(sample)]
+    return float(median_of(sample)) if sample.size else 0.0
 
 
 def calibrate_group(
