@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import calibration_library as library
+from . import night_index
 from .association import Windows
 from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
@@ -403,8 +404,24 @@ def publish_night(
     settings: dict[str, Any] | None = None,
     s3: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write `manifest.json` for a night from its QC records; last, and atomically. Returns
-    the night's summary; the caller fails the night's branch when its status is not success."""
+    """Write `manifest.json` for a night from its QC records; last, and atomically; then its
+    entry in the archive's night index (night_index). Returns the night's summary; the caller
+    fails the night's branch when its status is not success."""
+    manifest = _publish_manifest(raw_root, products_root, night, params, settings, s3)
+    if manifest.get("night"):
+        night_index.write_entry(products_root, manifest, s3)
+    return publish.summary(manifest)
+
+
+def _publish_manifest(
+    raw_root: str,
+    products_root: str,
+    night: str,
+    params: dict[str, Any],
+    settings: dict[str, Any] | None,
+    s3: dict[str, str] | None,
+) -> dict[str, Any]:
+    """The night's manifest, written (or found current) in its products folder."""
     options = reduction_options(params, settings)
     with (
         log_context(night=night),
@@ -428,13 +445,13 @@ def publish_night(
                     manifest["recomputed"] = []
                     manifest.get("calibrations", {})["changed"] = []
                     publish.write_manifest(layout, manifest)
-                return publish.summary(manifest)
+                return manifest
             products = night_products(layout, products_root, night, s3)
             manifest = plan.manifest(layout, night, params, raw_dir, products)
             if options.aux_png:  # the png param: the night's QC figure beside the manifest
                 publish.add_qc_figure(layout, manifest)
         publish.write_manifest(layout, manifest)
-        return publish.summary(manifest)
+    return manifest
 
 
 def night_products(

@@ -191,6 +191,12 @@ def test_manifest_describes_the_night(reduced_archive, night):
         assert [q["stacked"] for q in group["stack"]["qc"]] == [True] * 3
         assert all(q["fwhm_arcsec"] and q["transparency"] > 0.9 for q in group["stack"]["qc"])
     assert manifest["qc_figure"] == "qc_frames.png"
+    # The publish step keeps the archive's night index: the night's entry, from its manifest.
+    from ar_tasks import night_index
+
+    entries = {e["night"]: e for e in night_index.read_index(str(archive / "products"))}
+    assert entries[night] == night_index.summarise(manifest)
+    assert entries[night]["frames"]["object"] == 15 and entries[night]["rejected"] == 0
     assert (archive / "products" / night / "qc_frames.png").read_bytes().startswith(b"\x89PNG")
     assert manifest["parameters"]["raw_root"] == conf["raw_root"]
     assert manifest["software"]["ar_tasks"]
@@ -518,6 +524,15 @@ def test_dag_on_s3_gives_the_local_products(dag, reduced_archive, s3_server, mon
         assert listed == {p["path"]: p["sha256"] for p in local_manifest["products"]}
         assert not [k for k in after if k.startswith(f"products/{night}/") and ".part" in k]
 
+    # Each night's entry in the archive's index, in S3 as in the local run.
+    from ar_tasks import night_index
+
+    settings = {"endpoint_url": s3_server.endpoint, "access_key": "testing"}
+    settings.update(secret_key="testing", region="us-east-1")
+    remote_index = night_index.read_index(conf["products_root"], settings)
+    local_index = night_index.read_index(local_conf["products_root"])
+    assert [e["night"] for e in remote_index] == NIGHTS
+    assert remote_index == local_index
     assert _run(dag, **conf) == "success"  # current: checked by listings, nothing written
     assert _s3_objects(client, bucket, "") == after
 

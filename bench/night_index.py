@@ -1,0 +1,87 @@
+"""`python -m bench.night_index`: listing a 1500-night archive from its night index.
+
+Ten years of T120 nights are about 1500 observed nights. Their entries (made by
+night_index.summarise from one manifest, each with its own night, status and figures) are
+written into a fresh local products root; then `read_index` lists them all, `--repeats`
+times. The median and the entries' size go to bench/results/night_index.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ar_tasks import night_index
+from bench.harness import machine_facts, save_results
+
+TEMPLATE = {
+    "night": "",
+    "status": "success",
+    "night_key": "0" * 64,
+    "inputs": [{"kind": "object"}] * 25 + [{"kind": "flat"}] * 21 + [{"kind": "dark"}] * 15,
+    "quarantined": [],
+    "problems": [],
+    "calibrations": {"borrowed": {}},
+    "masters": {
+        "darks": {"60000": {"file": "ar_masters/mdark_60000.fits", "level_adu": 304.0}},
+        "flats": {"V": {"file": "ar_masters/mtrans_V.fits", "noise": 0.0028}},
+    },
+    "groups": {},
+    "astrometry": {},
+}
+
+
+def archive(root: Path, nights: int) -> int:
+    """Write `nights` entries, one observed night in every 2.4 dates; returns their bytes."""
+    rng = random.Random(1)
+    day = dt.date(2016, 1, 1)
+    for _ in range(nights):
+        day += dt.timedelta(days=rng.choice((1, 2, 3, 4)))
+        qc = [
+            {"sky": rng.uniform(150, 400), "fwhm_arcsec": rng.uniform(2, 4), "stacked": True}
+            for _ in range(5)
+        ]
+        groups = {"M-67_V_60000": {"status": "done", "stack": {"combined": 5, "qc": qc}}}
+        status = "failed" if rng.random() < 0.05 else "success"
+        manifest = {**TEMPLATE, "night": day.isoformat(), "status": status, "groups": groups}
+        night_index.write_entry(str(root), manifest)
+    return sum(p.stat().st_size for p in (root / night_index.INDEX_FOLDER).iterdir())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nights", type=int, default=1500)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ar_night_index_") as folder:
+        root = Path(folder)
+        size = archive(root, args.nights)
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            entries = night_index.read_index(str(root))
+            times.append(time.perf_counter() - started)
+            assert len(entries) == args.nights
+    result = {
+        "machine": machine_facts(),
+        "nights": args.nights,
+        "bytes": size,
+        "read_index_s": statistics.median(times),
+        "read_index_max_s": max(times),
+    }
+    save_results("night_index", result)
+    print(
+        f"{args.nights} nights, {size / 1024:.0f} kB of entries: read_index "
+        f"{result['read_index_s'] * 1000:.0f} ms (median of {args.repeats}, max "
+        f"{result['read_index_max_s'] * 1000:.0f} ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
