@@ -3,7 +3,8 @@
 Ten years of T120 nights are about 1500 observed nights. Their entries (made by
 night_index.summarise from one manifest, each with its own night, status and figures) are
 written into a fresh local products root; then `read_index` lists them all, `--repeats`
-times. The median and the entries' size go to bench/results/night_index.json.
+times, and the archive trends are drawn from them once. The figures go to
+bench/results/night_index.json.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ar_tasks import night_index
+from ar_tasks import night_index, trends
 from bench.harness import machine_facts, save_results
 
 TEMPLATE = {
@@ -67,18 +68,24 @@ def main(argv: list[str] | None = None) -> int:
             entries = night_index.read_index(str(root))
             times.append(time.perf_counter() - started)
             assert len(entries) == args.nights
+        started = time.perf_counter()
+        png = trends.draw(trends.series(entries), f"{args.nights} nights")
+        drawn = time.perf_counter() - started  # matplotlib's import included
     result = {
         "machine": machine_facts(),
         "nights": args.nights,
         "bytes": size,
         "read_index_s": statistics.median(times),
         "read_index_max_s": max(times),
+        "trends_s": drawn,
+        "trends_png_bytes": len(png),
     }
     save_results("night_index", result)
     print(
         f"{args.nights} nights, {size / 1024:.0f} kB of entries: read_index "
         f"{result['read_index_s'] * 1000:.0f} ms (median of {args.repeats}, max "
-        f"{result['read_index_max_s'] * 1000:.0f} ms)"
+        f"{result['read_index_max_s'] * 1000:.0f} ms); trends drawn in {drawn:.2f} s "
+        f"(matplotlib's import included), {len(png) / 1024:.0f} kB"
     )
     return 0
 
