@@ -40,6 +40,20 @@ def last_complete_night(run_after: dt.datetime) -> str:
     return night_of(ended_by)
 
 
+def run_range(
+    first: str | None,
+    last: str | None,
+    data_interval_start: dt.datetime | None,
+    run_after: dt.datetime,
+) -> tuple[str, str]:
+    """The first and last night of a t120_reduce run: its params, else its own night (a
+    scheduled run's interval; a manual run's last complete night). The DAG and the night
+    browser's run tab both ask this."""
+    own = night_of(data_interval_start) if data_interval_start else last_complete_night(run_after)
+    first = first or own
+    return first, last or first
+
+
 def night_range(first: str, last: str) -> list[str]:
     """Every night name from first to last inclusive."""
     start, end = parse_night(first), parse_night(last)

@@ -3,7 +3,8 @@
 Ten years of T120 nights are about 1500 observed nights. Their entries (made by
 night_index.summarise from one manifest, each with its own night, status and figures) are
 written into a fresh local products root; then `read_index` lists them all, `--repeats`
-times, and the archive trends are drawn from them once. The figures go to
+times, as is the night browser's page of every night, and the archive trends are drawn
+from them once. The figures go to
 bench/results/night_index.json.
 """
 
@@ -13,6 +14,7 @@ import argparse
 import datetime as dt
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +56,25 @@ def archive(root: Path, nights: int) -> int:
     return sum(p.stat().st_size for p in (root / night_index.INDEX_FOLDER).iterdir())
 
 
+def listing_page_times(root: Path, repeats: int) -> list[float]:
+    """Seconds of the night browser's listing of every night (its app, without the login)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+    from fastapi.testclient import TestClient
+    from t120_browser import app as browser
+    from t120_browser.products import Products
+
+    browser.app.dependency_overrides[browser.require_reader] = lambda: "bench"
+    browser.app.dependency_overrides[browser.products] = lambda: Products(str(root))
+    client, times = TestClient(browser.app), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        response = client.get("/")
+        times.append(time.perf_counter() - started)
+        assert response.status_code == 200
+    browser.app.dependency_overrides.clear()
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nights", type=int, default=1500)
@@ -68,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             entries = night_index.read_index(str(root))
             times.append(time.perf_counter() - started)
             assert len(entries) == args.nights
+        pages = listing_page_times(root, args.repeats)
         started = time.perf_counter()
         png = trends.draw(trends.series(entries), f"{args.nights} nights")
         drawn = time.perf_counter() - started  # matplotlib's import included
@@ -77,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": size,
         "read_index_s": statistics.median(times),
         "read_index_max_s": max(times),
+        "nights_page_s": statistics.median(pages),
+        "nights_page_max_s": max(pages),
         "trends_s": drawn,
         "trends_png_bytes": len(png),
     }
@@ -84,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.nights} nights, {size / 1024:.0f} kB of entries: read_index "
         f"{result['read_index_s'] * 1000:.0f} ms (median of {args.repeats}, max "
-        f"{result['read_index_max_s'] * 1000:.0f} ms); trends drawn in {drawn:.2f} s "
+        f"{result['read_index_max_s'] * 1000:.0f} ms); the night browser's page of every night "
+        f"{result['nights_page_s'] * 1000:.0f} ms "
+        f"(max {result['nights_page_max_s'] * 1000:.0f} ms); trends drawn in {drawn:.2f} s "
         f"(matplotlib's import included), {len(png) / 1024:.0f} kB"
     )
     return 0

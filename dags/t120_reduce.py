@@ -310,14 +310,12 @@ def t120_reduce() -> None:
         _deterministic(
             pipeline.check_roots, params["raw_root"], params["products_root"], _s3(params)
         )
-        start = context.get("data_interval_start")
-        own = (
-            nights.night_of(start)
-            if start
-            else nights.last_complete_night(context["dag_run"].run_after)
+        first, last = nights.run_range(
+            params["first_night"],
+            params["last_night"],
+            context.get("data_interval_start"),
+            context["dag_run"].run_after,
         )
-        first = params["first_night"] or own
-        last = params["last_night"] or first
         found = nights.nights_with_raw_data(params["raw_root"], first, last, _s3(params))
         print(f"Nights {first}..{last} with raw data: {found or 'none'}")
         choice = _deterministic(

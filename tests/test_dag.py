@@ -207,6 +207,57 @@ def test_manifest_describes_the_night(reduced_archive, night):
     }
 
 
+def test_the_night_browser_tabs_read_the_real_runs(reduced_archive):
+    """The run and task-instance tabs of the night browser look the run and its mapped task
+    up in Airflow's database: the run's nights, and a reduce_group instance's group."""
+    import sys
+
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+
+    sys.path.insert(0, str(REPO / "plugins"))
+    from t120_browser import app as browser
+    from t120_browser.products import Products
+
+    archive, conf = reduced_archive
+    with create_session() as session:
+        runs = session.scalars(select(DagRun).where(DagRun.dag_id == "t120_reduce")).all()
+        (run_id,) = [
+            r.run_id
+            for r in runs
+            if (r.conf or {}).get("last_night") == NIGHTS[1]
+            and (r.conf or {}).get("products_root") == conf["products_root"]
+        ][-1:]
+        ti = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.run_id == run_id,
+                TaskInstance.task_id == "reduce_group",
+                TaskInstance.map_index == 0,
+            )
+        ).one()
+        label = ti.rendered_map_index
+    assert browser._run_nights(browser.airflow_run("t120_reduce", run_id)) == NIGHTS
+    assert browser.airflow_task_label("t120_reduce", run_id, "reduce_group", 0) == label
+    night, group = label.split(" ", 1)
+    assert night in NIGHTS and group  # '<night> <object> <filter> <s>s'
+    browser.app.dependency_overrides[browser.require_reader] = lambda: "a reader"
+    browser.app.dependency_overrides[browser.products] = lambda: Products(conf["products_root"])
+    try:
+        client = TestClient(browser.app)
+        tab = client.get(f"/run/t120_reduce/{run_id}").text
+        assert all(f"/night/{n}'" in tab for n in NIGHTS) and tab.count("success") >= 2
+        task = client.get(f"/ti/t120_reduce/{run_id}/reduce_group/0").text
+        name = browser._group_name(
+            json.loads((archive / "products" / night / "manifest.json").read_text()), group
+        )
+        assert name and f"<h3 id='{name}'>" in task
+    finally:
+        browser.app.dependency_overrides.clear()
+
+
 def _task_states(run) -> dict[str, set[str]]:
     states: dict[str, set[str]] = {}
     for ti in run.get_task_instances():
