@@ -63,6 +63,7 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
         ),
         "flats": _masters((manifest.get("masters") or {}).get("flats") or {}, "noise"),
         "qc_figure": manifest.get("qc_figure"),
+        "airflow_run": manifest.get("airflow_run"),
     }
 
 

@@ -403,11 +403,13 @@ def publish_night(
     params: dict[str, Any],
     settings: dict[str, Any] | None = None,
     s3: dict[str, str] | None = None,
+    run: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write `manifest.json` for a night from its QC records; last, and atomically; then its
-    entry in the archive's night index (night_index). Returns the night's summary; the caller
+    entry in the archive's night index (night_index). `run` (the DAG's dag_id and run_id)
+    is recorded in a manifest this run writes. Returns the night's summary; the caller
     fails the night's branch when its status is not success."""
-    manifest = _publish_manifest(raw_root, products_root, night, params, settings, s3)
+    manifest = _publish_manifest(raw_root, products_root, night, params, settings, s3, run)
     if manifest.get("night"):
         night_index.write_entry(products_root, manifest, s3)
     return publish.summary(manifest)
@@ -420,6 +422,7 @@ def _publish_manifest(
     params: dict[str, Any],
     settings: dict[str, Any] | None,
     s3: dict[str, str] | None,
+    run: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The night's manifest, written (or found current) in its products folder."""
     options = reduction_options(params, settings)
@@ -450,6 +453,8 @@ def _publish_manifest(
             manifest = plan.manifest(layout, night, params, raw_dir, products)
             if options.aux_png:  # the png param: the night's QC figure beside the manifest
                 publish.add_qc_figure(layout, manifest)
+        if run:
+            manifest["airflow_run"] = dict(run)  # the run that wrote it (the night browser)
         publish.write_manifest(layout, manifest)
     return manifest
 

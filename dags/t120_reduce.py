@@ -377,7 +377,9 @@ def t120_reduce() -> None:
         (`batch`: see list_nights)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        summary = _stage("publish_night", night, night)
+        context = get_current_context()
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        summary = _stage("publish_night", night, night, run=run)
         if summary["status"] != "success":
             raise AirflowFailException(f"night {night}: " + "; ".join(summary["problems"]))
         return summary

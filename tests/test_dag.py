@@ -210,6 +210,7 @@ def test_manifest_describes_the_night(reduced_archive, night):
 def test_the_night_browser_tabs_read_the_real_runs(reduced_archive):
     """The run and task-instance tabs of the night browser look the run and its mapped task
     up in Airflow's database: the run's nights, and a reduce_group instance's group."""
+    import html
     import sys
 
     from airflow.models.dagrun import DagRun
@@ -254,6 +255,11 @@ def test_the_night_browser_tabs_read_the_real_runs(reduced_archive):
             json.loads((archive / "products" / night / "manifest.json").read_text()), group
         )
         assert name and f"<h3 id='{name}'>" in task
+        # The night's page links to the run that wrote its manifest.
+        made = json.loads((archive / "products" / night / "manifest.json").read_text())
+        assert made["airflow_run"] == {"dag_id": "t120_reduce", "run_id": run_id}
+        page = client.get(f"/night/{night}").text
+        assert f"made by run {html.escape(run_id)}" in page
     finally:
         browser.app.dependency_overrides.clear()
 

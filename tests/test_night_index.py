@@ -37,6 +37,7 @@ MANIFEST = {
     },
     "astrometry": {"M-67_V_60000": {"images": [{"status": "solved"}, {"status": "failed"}]}},
     "qc_figure": "qc_frames.png",
+    "airflow_run": {"dag_id": "t120_reduce", "run_id": "manual__2023-05-13"},
 }
 
 
@@ -63,6 +64,7 @@ def test_an_entry_holds_what_a_listing_and_a_trend_need():
         "darks": {},
         "flats": {"V": {"noise": 0.003}},
         "qc_figure": "qc_frames.png",
+        "airflow_run": {"dag_id": "t120_reduce", "run_id": "manual__2023-05-13"},
     }
     assert len(json.dumps(entry)) < 1500
     # A night that failed before its inventory has a manifest of a few fields: still an entry.

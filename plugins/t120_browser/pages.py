@@ -139,8 +139,7 @@ def night_page(night: str, manifest: dict[str, Any], pictures: list[str], base: 
     """Everything a night's manifest says, made readable, with its pictures."""
     parts = [
         f"<h1>Night {e(night)} {status(manifest.get('status'))}</h1>",
-        f"<p>{reprocess_button(night, night)} "
-        f"<a href='/dags/{DAG_ID}/runs' target='_top'>Airflow runs of {DAG_ID}</a></p>",
+        f"<p>{reprocess_button(night, night)} {_run_link(manifest)}</p>",
         _problems(manifest),
         _quarantined(manifest),
         _groups(manifest),
@@ -150,6 +149,15 @@ def night_page(night: str, manifest: dict[str, Any], pictures: list[str], base: 
         _software(manifest),
     ]
     return page(f"T120 night {night}", "".join(parts), base)
+
+
+def _run_link(manifest: dict[str, Any]) -> str:
+    """The Airflow run that wrote the manifest (the DAG's runs when the CLI wrote it)."""
+    run = manifest.get("airflow_run") or {}
+    if run.get("dag_id") and run.get("run_id"):
+        href = f"/dags/{urllib.parse.quote(run['dag_id'])}/runs/{urllib.parse.quote(run['run_id'])}"
+        return f"<a href='{e(href)}' target='_top'>made by run {e(run['run_id'])}</a>"
+    return f"<a href='/dags/{DAG_ID}/runs' target='_top'>Airflow runs of {DAG_ID}</a>"
 
 
 def _problems(manifest: dict[str, Any]) -> str:
