@@ -61,7 +61,9 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
         "darks": _masters(
             (manifest.get("masters") or {}).get("darks") or {}, "level_adu", "noise_adu"
         ),
-        "flats": _masters((manifest.get("masters") or {}).get("flats") or {}, "noise"),
+        "flats": _masters(
+            (manifest.get("masters") or {}).get("flats") or {}, "noise", "vs_previous"
+        ),
         "qc_figure": manifest.get("qc_figure"),
         "airflow_run": manifest.get("airflow_run"),
     }

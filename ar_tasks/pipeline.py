@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import calibration_library as library
-from . import night_index
+from . import flat_stability, night_index
 from .association import Windows
 from .astro_config import ConfigError
 from .astrometry import AstrometryOptions
@@ -275,6 +275,10 @@ def prepare_night(
             {"night": night, "group": asdict(group), "label": group_label(night, group)}
             for group in plan.ready_groups(run)
         ]
+        # Each own master flat against the archive's previous one (its trend: dust, lamps).
+        flat_stability.compare_flats(
+            layout, run.masters().get("flats") or {}, products_root, night, s3
+        )
         run.save()
         return {
             "night": night,

@@ -138,6 +138,7 @@ class NightSpec:
     fwhm_px: float = 3.5
     bias_offset_adu: float = 0.0  # this night's bias minus the camera's (a bias that drifts)
     spoiled: tuple[Spoiler, ...] = ()  # clouded, trailed, defocused or mis-pointed frames
+    new_dust: float = 0.0  # depth of a dust donut this night's filters picked up (a dusty filter)
 
     def __post_init__(self) -> None:
         date.fromisoformat(self.night)
@@ -256,6 +257,18 @@ def _make_flat(camera: _Camera, filt: str, seed: int) -> np.ndarray:
         flat *= 1 - depth * rng.uniform(0.9, 1.1) * ring
     lo, hi = size // 4, 3 * size // 4
     return (flat / np.median(flat[lo:hi, lo:hi])).astype(np.float32)
+
+
+def _with_new_dust(flat: np.ndarray, depth: float) -> np.ndarray:
+    """The flat with one more dust donut (a fixed place, a fifth of the way in), renormalised."""
+    size = flat.shape[0]
+    x, y = _grid(size)
+    radius, soft = 30 * size / NAXIS, max(0.5, 0.8 * size / NAXIS)
+    r = np.hypot(x - 0.3 * size, y - 0.35 * size)
+    ring = _sigmoid((r - 0.35 * radius) / soft) * _sigmoid((radius - r) / soft)
+    dusty = flat * (1 - depth * ring)
+    lo, hi = size // 4, 3 * size // 4
+    return (dusty / np.median(dusty[lo:hi, lo:hi])).astype(np.float32)
 
 
 def sky_rate(filt: str, sky_scale: float = 1.0) -> float:
@@ -796,6 +809,8 @@ def build_model(spec: NightSpec) -> tuple[_Model, list[_Frame]]:
     if spec.bias_offset_adu:
         camera = dataclasses.replace(camera, bias=camera.bias + np.float32(spec.bias_offset_adu))
     flats = {f: _make_flat(camera, f, spec.seed) for f in spec.filters}
+    if spec.new_dust:
+        flats = {f: _with_new_dust(flat, spec.new_dust) for f, flat in flats.items()}
     objects = dict.fromkeys(g.object for g in spec.groups)
     fields = {name: _make_field(name, spec) for name in objects}
     for spoiler in spec.spoiled:  # fields observed by mistake, in the filters they were seen

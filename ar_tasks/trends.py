@@ -18,9 +18,13 @@ PANELS = (
     ("fwhm_arcsec", "median FWHM (arcsec)"),
     ("dark_level_adu", "master dark level (ADU)"),
     ("dark_noise_adu", "master dark noise (ADU)"),
+    ("flat_change", "flat vs previous (99.9%)"),
     ("rejected_fraction", "science frames left out"),
     ("solve_rate", "astrometric solve rate"),
 )
+
+
+BY_FILTER = ("sky_adu_s", "flat_change")  # one series per filter
 
 
 def series(
@@ -32,14 +36,18 @@ def series(
         (e for e in entries if _within(str(e.get("night", "")), first, last)),
         key=lambda e: str(e["night"]),
     )
-    out: dict[str, Any] = {name: [] for name, _ in PANELS if name != "sky_adu_s"}
-    out["sky_adu_s"] = {}
+    out: dict[str, Any] = {name: [] for name, _ in PANELS if name not in BY_FILTER}
+    out.update({name: {} for name in BY_FILTER})
     out["failed"] = [e["night"] for e in chosen if e.get("status") != "success"]
     for entry in chosen:
         night = entry["night"]
         for band, rate in (entry.get("sky_adu_s") or {}).items():
             if rate is not None:
                 out["sky_adu_s"].setdefault(band, []).append((night, rate))
+        for band, flat in (entry.get("flats") or {}).items():
+            tail = ((flat or {}).get("vs_previous") or {}).get("p999")
+            if tail is not None:
+                out["flat_change"].setdefault(band, []).append((night, tail))
         if entry.get("fwhm_arcsec") is not None:
             out["fwhm_arcsec"].append((night, entry["fwhm_arcsec"]))
         dark = _longest_dark(entry.get("darks") or {})
@@ -73,13 +81,13 @@ def draw(data: dict[str, Any], title: str) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(10, 11))
+    figure = Figure(figsize=(10, 12.5))
     figure.subplots_adjust(left=0.09, right=0.97, top=0.95, bottom=0.06, hspace=0.12)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(PANELS), 1, sharex=True)
     failed = [_date(n) for n in data.get("failed", [])]
     for axis, (name, label) in zip(axes, PANELS, strict=True):
-        if name == "sky_adu_s":
+        if name in BY_FILTER:
             for number, (band, points) in enumerate(sorted(data[name].items())):
                 axis.plot(*_columns(points), ".", ms=3, color=f"C{number % 10}", label=band)
             if data[name]:

@@ -62,7 +62,7 @@ def test_an_entry_holds_what_a_listing_and_a_trend_need():
         "fwhm_arcsec": 3.0,  # the stacked frames' median only
         "sky_adu_s": {"V": 3.05},  # (180 + 186) / 2 ADU in 60 s
         "darks": {},
-        "flats": {"V": {"noise": 0.003}},
+        "flats": {"V": {"noise": 0.003, "vs_previous": None}},
         "qc_figure": "qc_frames.png",
         "airflow_run": {"dag_id": "t120_reduce", "run_id": "manual__2023-05-13"},
     }

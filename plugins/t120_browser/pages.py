@@ -247,6 +247,7 @@ def _masters(manifest: dict[str, Any]) -> str:
                     e(record.get("level_adu")),
                     e(record.get("noise_adu", record.get("noise"))),
                     e("; ".join(f"{k}: {v}" for k, v in (record.get("left_out") or {}).items())),
+                    e(_versus(record.get("vs_previous"))),
                 ]
             )
     for name, record in sorted(
@@ -261,10 +262,29 @@ def _masters(manifest: dict[str, Any]) -> str:
                 e(record.get("level_adu")),
                 e(record.get("noise")),
                 e(record.get("why")),
+                "",
             ]
         )
-    headers = ("kind", "master", "night", "frames", "level (ADU)", "noise", "left out / why")
+    headers = (
+        "kind",
+        "master",
+        "night",
+        "frames",
+        "level (ADU)",
+        "noise",
+        "left out / why",
+        "against the previous flat",
+    )
     return "<h2>Masters</h2>" + (table(headers, rows) if rows else "<p>none</p>")
+
+
+def _versus(comparison: Any) -> str:
+    """'2023-05-09: RMS 0.0045, 99.9% 0.033' (a flat against the archive's previous one)."""
+    if not isinstance(comparison, dict):
+        return ""
+    if comparison.get("error"):
+        return f"{comparison.get('night')}: {comparison['error']}"
+    return f"{comparison.get('night')}: RMS {comparison.get('rms')}, 99.9% {comparison.get('p999')}"
 
 
 def _pictures(night: str, pictures: list[str], base: str) -> str:
