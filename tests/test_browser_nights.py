@@ -1,7 +1,8 @@
 """The night browser in a real browser: Airflow's UI (a real `airflow standalone`), Debian's
-Chromium driven by Playwright, through the nav view, a night's page, a run's tab, a task
-instance's tab and the reprocess button (which makes a run through Airflow's REST API as the
-logged-in user). Screenshots go to test-artifacts/browser/ (docs/ holds copies for README).
+Chromium driven by Playwright, through the home dashboard's summary, the nav view, a night's
+page, a run's tab, a task instance's tab and the reprocess button (which makes a run through
+Airflow's REST API as the logged-in user). Screenshots go to test-artifacts/browser/ (docs/
+holds copies for README).
 """
 
 from __future__ import annotations
@@ -106,6 +107,14 @@ def test_the_night_browser_in_the_airflow_ui(standalone: Standalone, page: Page)
     assert code == 200, created
     run_id = created["dag_run_id"]
     _finished(standalone, token, run_id)
+
+    # The home dashboard's summary (a React plugin app fed by the browser's JSON).
+    page.goto(f"{standalone.url}/")
+    expect(page.get_by_text("T120 nights: 1 reduced, 0 failed")).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "dashboard.png")
+    page.get_by_role("link", name=NIGHT, exact=True).click()  # a deep link into the nav view
+    deep = _frame(page, "T120 nights")
+    expect(deep.get_by_role("heading", name=f"Night {NIGHT}")).to_be_visible()
 
     # The nav view: the archive's nights.
     page.goto(f"{standalone.url}/plugin/t120-nights")

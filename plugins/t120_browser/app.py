@@ -35,7 +35,7 @@ SUMMARY_JS = """
     return h('div', {style: {padding: '8px'}},
       h('strong', null, 'T120 nights: ' + data.nights + ' reduced, ' + data.failed + ' failed'),
       h('ul', null, data.last.map((n) => h('li', {key: n.night},
-        h('a', {href: '/plugin/t120-nights/night/' + n.night}, n.night), ' ' + n.status +
+        h('a', {href: '/plugin/t120-nights__PREFIX__/night/' + n.night}, n.night), ' ' + n.status +
         (n.problem ? ': ' + n.problem : '')))));
   }
   globalThis['T120 summary'] = T120Summary;
