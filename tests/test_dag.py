@@ -589,6 +589,8 @@ def test_dag_on_s3_gives_the_local_products(dag, reduced_archive, s3_server, mon
     remote_index = night_index.read_index(conf["products_root"], settings)
     local_index = night_index.read_index(local_conf["products_root"])
     assert [e["night"] for e in remote_index] == NIGHTS
+    for entry in (*remote_index, *local_index):  # each names the run that wrote it
+        assert entry.pop("airflow_run")["dag_id"] == "t120_reduce"
     assert remote_index == local_index
     assert _run(dag, **conf) == "success"  # current: checked by listings, nothing written
     assert _s3_objects(client, bucket, "") == after
