@@ -8,23 +8,20 @@ holds copies for README).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import FrameLocator, Page, expect, sync_playwright
-from standalone import DAG_ID, REPO, Standalone, request, standalone_instance
+from browser import ARTIFACTS, chromium_page
+from playwright.sync_api import FrameLocator, Page, expect
+from standalone import DAG_ID, Standalone, request, standalone_instance
 
 from ar_tasks import pipeline
 from ar_tasks.synthetic import NightSpec, ScienceGroup, Spoiler, write_night
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "browser"
-WAIT_MS = 60_000
 NIGHT = "2023-05-10"
 PARAMS = {"png": True, "interpolate": True}
 
@@ -59,20 +56,8 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} missing: run `make install` (packages.txt)"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(WAIT_MS)
-            yield page
-            page.screenshot(path=ARTIFACTS / "nights_last_page.png")
-        finally:
-            browser.close()
+    with chromium_page(1400, 1100, "nights_last_page.png") as page:
+        yield page
 
 
 def _runs(standalone: Standalone, token: str) -> list[dict]:

@@ -10,21 +10,18 @@ About a minute on 2 cores, most of it the standalone's start-up.
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
-from standalone import DAG_ID, REPO, Standalone, request, standalone_instance
+from browser import ARTIFACTS, chromium_page
+from playwright.sync_api import Locator, Page, expect
+from standalone import DAG_ID, Standalone, request, standalone_instance
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "browser"
-WAIT_MS = 60_000  # a loaded 2-core machine: first render alone takes 3-7 s
 NIGHT = "2023-05-10"
 UNSET = ("AR_REFCAT", "AR_REFCAT_CACHE", "AR_ANET_INDEX_DIR")
 
@@ -42,21 +39,9 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} missing: run `make install` (packages.txt)"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            # Tall enough for the whole dialog to show in one screenshot.
-            page = browser.new_page(viewport={"width": 1000, "height": 2700})
-            page.set_default_timeout(WAIT_MS)
-            yield page
-            page.screenshot(path=ARTIFACTS / "last_page.png")
-        finally:
-            browser.close()
+    # Tall enough for the whole dialog to show in one screenshot.
+    with chromium_page(1000, 2700, "last_page.png") as page:
+        yield page
 
 
 def manual_runs(standalone: Standalone, token: str) -> list[dict]:
