@@ -8,7 +8,6 @@ reprocessing is Airflow's own REST API, called from the page with the user's ses
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -18,7 +17,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from . import pages
 from .products import NIGHT, SERVED, NotServed, Products
 
-log = logging.getLogger(__name__)
 URL_PREFIX = "/t120"
 SUMMARY_NIGHTS = 10
 SUMMARY_JS = """
