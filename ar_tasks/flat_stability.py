@@ -20,7 +20,7 @@ import numpy as np
 from .combine import median_of
 from .fitsio import FrameError, read_product
 from .layout import MASTERS
-from .night_index import read_index
+from .night_index import indexed_nights, read_entry
 from .storage import S3Settings, S3Store, StorageError, is_s3, join
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,16 @@ def change(flat: np.ndarray, previous: np.ndarray) -> dict[str, float]:
 def previous_night(
     products_root: str, night: str, filter_name: str, s3: dict[str, str] | None = None
 ) -> str | None:
-    """The latest night before `night` whose own master flat of the filter is indexed."""
-    earlier = [
-        str(entry["night"])
-        for entry in read_index(products_root, s3)
-        if str(entry["night"]) < night and filter_name in (entry.get("flats") or {})
-    ]
-    return max(earlier, default=None)
+    """The latest night before `night` whose own master flat of the filter is indexed: one
+    listing of the index, then entries read from the latest earlier night back (usually the
+    first is it), never the whole archive's."""
+    for earlier in reversed(indexed_nights(products_root, s3)):
+        if earlier >= night:
+            continue
+        entry = read_entry(products_root, earlier, s3) or {}
+        if filter_name in (entry.get("flats") or {}):
+            return earlier
+    return None
 
 
 def compare_flats(

@@ -127,12 +127,25 @@ def saturated_fraction(raw: np.ndarray, level: float) -> float:
     return float(np.count_nonzero(raw >= level)) / raw.size if raw.size else 0.0
 
 
+def sky_sample(image: np.ndarray) -> np.ndarray:
+    """The finite pixels of a sparse regular sample (every SKY_STEP-th of every SKY_STEP-th
+    row): what a frame's sky level and noise are taken from."""
+    sample = np.asarray(image)[::SKY_STEP, ::SKY_STEP].reshape(-1)
+    return sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+
+
+def sky_level(image: np.ndarray) -> float:
+    """A frame's median level from its sky sample (0 when no pixel is finite). The raw
+    frame's (bias, dark and sky) is what a star's peak stands on before it saturates."""
+    sample = sky_sample(image)
+    return float(median_of(sample)) if sample.size else 0.0
+
+
 def measure(image: np.ndarray, headroom: float, saturated: float) -> FrameFigures:
     """The figures of a calibrated frame; `headroom` is how far above the sky a pixel may rise
     before it saturates (the raw frame's saturation level less its median), `saturated` the
     raw frame's saturated fraction."""
-    sample = image[::SKY_STEP, ::SKY_STEP]
-    sample = sample[np.isfinite(sample)]
+    sample = sky_sample(image)
     if sample.size == 0:
         return FrameFigures(math.nan, math.nan, 0, math.nan, math.nan, saturated)
     sky = float(median_of(sample))

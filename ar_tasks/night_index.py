@@ -5,8 +5,9 @@ A data manager's view of years of nights (the night browser, archive trends) mus
 `<products_root>/ar_index/<night>.json` (about 1 kB: status, counts, problems, the QC
 medians a trend needs), after the night's manifest; one file per night, so nights published
 at once never write the same file. `read_index` reads them all (1500 local files in well
-under a second: bench.night_index); `rebuild` makes them from the manifests of an archive
-published before the index existed.
+under a second: bench.night_index); `indexed_nights` and `read_entry` read what one
+question needs (the previous flat of a filter: one listing and a GET or two); `rebuild`
+makes them from the manifests of an archive published before the index existed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .storage import S3Settings, S3Store, StorageError, is_s3, join
 log = logging.getLogger(__name__)
 INDEX_FOLDER = "ar_index"
 SCHEMA = 1
+KINDS = ("dark", "flat", "object")  # frames counted per kind
 
 
 def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +69,6 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
         "qc_figure": manifest.get("qc_figure"),
         "airflow_run": manifest.get("airflow_run"),
     }
-
-
-KINDS = ("dark", "flat", "object")
 
 
 def _median(values: Iterable[Any]) -> float | None:
@@ -127,32 +126,40 @@ def write_entry(
 
 def read_index(products_root: str, s3: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Every night's entry, by night; an unreadable entry is skipped with a warning."""
-    entries = []
-    for name, payload in _entries(products_root, s3):
-        try:
-            entry = json.loads(payload)
-        except ValueError:
-            log.warning("Night index entry %s is not JSON: skipped.", name)
-            continue
-        if isinstance(entry, dict) and entry.get("night"):
-            entries.append(entry)
-    return sorted(entries, key=lambda e: str(e["night"]))
+    entries = (read_entry(products_root, night, s3) for night in indexed_nights(products_root, s3))
+    return [entry for entry in entries if entry is not None]
 
 
-def _entries(products_root: str, s3: dict[str, str] | None) -> Iterable[tuple[str, bytes]]:
+def indexed_nights(products_root: str, s3: dict[str, str] | None = None) -> list[str]:
+    """The nights that have an entry, by night: one listing, no entry read."""
     if is_s3(products_root):
         store = S3Store(S3Settings(**(s3 or {})))
-        url = join(products_root, INDEX_FOLDER)
-        for remote in store.list_files(url):
-            if remote.relpath.endswith(".json") and "/" not in remote.relpath:
-                yield remote.relpath, store.read_bytes(join(url, remote.relpath))
-        return
-    folder = Path(products_root) / INDEX_FOLDER
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            yield path.name, path.read_bytes()
-        except OSError as exc:
-            log.warning("Night index entry %s cannot be read: %s", path, exc)
+        names = [r.relpath for r in store.list_files(join(products_root, INDEX_FOLDER))]
+    else:
+        folder = Path(products_root) / INDEX_FOLDER
+        names = [p.name for p in folder.glob("*.json")] if folder.is_dir() else []
+    nights = [name.removesuffix(".json") for name in names if name.endswith(".json")]
+    return sorted(night for night in nights if NIGHT_PATTERN.match(night))
+
+
+def read_entry(
+    products_root: str, night: str, s3: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """One night's entry (None, with a warning, when it cannot be read or is not JSON)."""
+    url = entry_url(products_root, night)
+    try:
+        if is_s3(products_root):
+            payload = S3Store(S3Settings(**(s3 or {}))).read_bytes(url)
+        else:
+            payload = Path(url).read_bytes()
+        entry = json.loads(payload)
+    except (OSError, StorageError) as exc:
+        log.warning("Night index entry %s cannot be read: %s", url, exc)
+        return None
+    except ValueError:
+        log.warning("Night index entry %s.json is not JSON: skipped.", night)
+        return None
+    return entry if isinstance(entry, dict) and entry.get("night") else None
 
 
 def rebuild(products_root: str) -> int:

@@ -109,6 +109,28 @@ class Standalone:
             )
             time.sleep(1)
 
+    def use_archive(self, raw: Path, products: Path) -> None:
+        """Point the DAG's roots at these folders; no reference catalogue, cache or index
+        folder in the environment, so the optional text params default to None."""
+        self.env["AR_RAW_ROOT"], self.env["AR_PRODUCTS_ROOT"] = str(raw), str(products)
+        for name in ("AR_REFCAT", "AR_REFCAT_CACHE", "AR_ANET_INDEX_DIR"):
+            self.env.pop(name, None)
+
+    def runs(self, token: str, run_type: str | None = None) -> list[dict]:
+        """The DAG's runs (of one type: "manual", "scheduled"... when given)."""
+        code, body = request(f"{self.url}/api/v2/dags/{DAG_ID}/dagRuns?limit=100", token)
+        assert code == 200, code
+        return [r for r in body["dag_runs"] if run_type is None or r["run_type"] == run_type]
+
+    def wait_for_run(self, token: str, run_id: str, timeout: float = 240) -> str:
+        """Until the run is final (the scheduler's own pace: no timing is asserted)."""
+        deadline = time.monotonic() + timeout
+        url = f"{self.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
+        while (state := request(url, token)[1].get("state")) not in ("success", "failed"):
+            assert time.monotonic() < deadline, f"run {run_id} still {state}"
+            time.sleep(1)
+        return state
+
     def pid_file_sid(self) -> int | None:
         pid_file = self.home / "standalone.pid"
         return int(pid_file.read_text().split()[1]) if pid_file.exists() else None

@@ -73,16 +73,6 @@ def test_start_login_dag_pool_stop(
     print(f"start-up {startup:.1f} s, DAG served after {dag_seen:.1f} s")
 
 
-def wait_for_run(standalone: Standalone, token: str, run_id: str, timeout: float = 240) -> str:
-    """Until the run is final (the scheduler's own pace: no timing is asserted)."""
-    deadline = time.monotonic() + timeout
-    url = f"{standalone.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
-    while (state := request(url, token)[1].get("state")) not in ("success", "failed"):
-        assert time.monotonic() < deadline, f"run {run_id} still {state}"
-        time.sleep(1)
-    return state
-
-
 def run_cleared_and_rerun(standalone: Standalone, token: str, raw: Path, products: Path) -> None:
     """A run reduces a night; cleared from the UI's API, it runs again and finds the night
     current: no group is reduced again (a removed mapped instance's old XCom must not hand
@@ -93,14 +83,14 @@ def run_cleared_and_rerun(standalone: Standalone, token: str, raw: Path, product
     code, run = request(f"{dag_url}/dagRuns", token, {"logical_date": None, "conf": conf})
     assert code == 200, run
     run_id = run["dag_run_id"]
-    assert wait_for_run(standalone, token, run_id) == "success"
+    assert standalone.wait_for_run(token, run_id) == "success"
     night = products / NIGHT
     stamps = {p: p.stat().st_mtime_ns for p in sorted(night.rglob("*")) if p.is_file()}
     assert len([p for p in stamps if p.parent.name == "stacked" and p.suffix == ".fits"]) == 5
 
     code, _ = request(f"{dag_url}/dagRuns/{run_id}/clear", token, {"dry_run": False})
     assert code == 200
-    assert wait_for_run(standalone, token, run_id) == "success"
+    assert standalone.wait_for_run(token, run_id) == "success"
     _, body = request(f"{dag_url}/dagRuns/{run_id}/taskInstances?limit=100", token)
     again = [
         (ti["task_id"], ti["map_index"])

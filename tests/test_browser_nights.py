@@ -8,7 +8,6 @@ holds copies for README).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,9 +47,7 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
     raw, products = tmp_path / "raw", tmp_path / "products"
     _products(raw, products)
     with standalone_instance(tmp_path / "airflow_home") as instance:
-        instance.env["AR_RAW_ROOT"], instance.env["AR_PRODUCTS_ROOT"] = str(raw), str(products)
-        for name in ("AR_REFCAT", "AR_REFCAT_CACHE", "AR_ANET_INDEX_DIR"):
-            instance.env.pop(name, None)
+        instance.use_archive(raw, products)
         yield instance
 
 
@@ -58,20 +55,6 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
 def page() -> Iterator[Page]:
     with chromium_page(1400, 1100, "nights_last_page.png") as page:
         yield page
-
-
-def _runs(standalone: Standalone, token: str) -> list[dict]:
-    code, body = request(f"{standalone.url}/api/v2/dags/{DAG_ID}/dagRuns?limit=100", token)
-    assert code == 200, code
-    return body["dag_runs"]
-
-
-def _finished(standalone: Standalone, token: str, run_id: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"{standalone.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
-    while (state := request(url, token)[1].get("state")) not in ("success", "failed"):
-        assert time.monotonic() < deadline, f"run {run_id} still {state}"
-        time.sleep(2)
 
 
 def _frame(page: Page, name: str) -> FrameLocator:
@@ -91,7 +74,7 @@ def test_the_night_browser_in_the_airflow_ui(standalone: Standalone, page: Page)
     code, created = request(f"{dag_url}/dagRuns", token, body)
     assert code == 200, created
     run_id = created["dag_run_id"]
-    _finished(standalone, token, run_id)
+    standalone.wait_for_run(token, run_id)
 
     # The home dashboard's summary (a React plugin app fed by the browser's JSON).
     page.goto(f"{standalone.url}/")
@@ -137,9 +120,7 @@ def test_the_night_browser_in_the_airflow_ui(standalone: Standalone, page: Page)
     expect(nights.get_by_text("queued: open it")).to_be_visible()
     page.screenshot(path=ARTIFACTS / "reprocess.png")
     manual = [  # the unpaused DAG may also have started its scheduled run meanwhile
-        r
-        for r in _runs(standalone, token)
-        if r["run_type"] == "manual" and r["dag_run_id"] != run_id
+        r for r in standalone.runs(token, "manual") if r["dag_run_id"] != run_id
     ]
     assert [(r["conf"]["first_night"], r["conf"]["last_night"]) for r in manual] == [
         (NIGHT, NIGHT)

@@ -18,22 +18,19 @@ from pathlib import Path
 import pytest
 from browser import ARTIFACTS, chromium_page
 from playwright.sync_api import Locator, Page, expect
-from standalone import DAG_ID, Standalone, request, standalone_instance
+from standalone import DAG_ID, Standalone, standalone_instance
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]
 
 NIGHT = "2023-05-10"
-UNSET = ("AR_REFCAT", "AR_REFCAT_CACHE", "AR_ANET_INDEX_DIR")
 
 
 @pytest.fixture
 def standalone(tmp_path: Path) -> Iterator[Standalone]:
     with standalone_instance(tmp_path / "airflow_home") as instance:
-        for name in UNSET:
-            instance.env.pop(name, None)
-        for name, sub in (("AR_RAW_ROOT", "raw"), ("AR_PRODUCTS_ROOT", "products")):
-            (tmp_path / sub).mkdir()
-            instance.env[name] = str(tmp_path / sub)
+        (tmp_path / "raw").mkdir()
+        (tmp_path / "products").mkdir()
+        instance.use_archive(tmp_path / "raw", tmp_path / "products")
         yield instance
 
 
@@ -42,12 +39,6 @@ def page() -> Iterator[Page]:
     # Tall enough for the whole dialog to show in one screenshot.
     with chromium_page(1000, 2700, "last_page.png") as page:
         yield page
-
-
-def manual_runs(standalone: Standalone, token: str) -> list[dict]:
-    code, body = request(f"{standalone.url}/api/v2/dags/{DAG_ID}/dagRuns?limit=100", token)
-    assert code == 200, code
-    return [run for run in body["dag_runs"] if run["run_type"] == "manual"]
 
 
 def open_trigger_form(page: Page, standalone: Standalone) -> Locator:
@@ -78,7 +69,7 @@ def test_trigger_form_defaults_and_rejected_value(standalone: Standalone, page: 
     submit.click()
     expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/runs/manual__"))
     page.screenshot(path=ARTIFACTS / "run_created.png")
-    runs = manual_runs(standalone, token)
+    runs = standalone.runs(token, "manual")
     assert len(runs) == 1, runs
     expected = {
         "first_night": NIGHT,
@@ -106,6 +97,6 @@ def test_trigger_form_defaults_and_rejected_value(standalone: Standalone, page: 
     expect(dialog.get_by_text("Invalid input for param raw_root")).to_be_visible()
     expect(dialog).to_contain_text("'data/raw' does not match")
     dialog.screenshot(path=ARTIFACTS / "trigger_form_rejected.png")
-    assert [run["dag_run_id"] for run in manual_runs(standalone, token)] == [
+    assert [run["dag_run_id"] for run in standalone.runs(token, "manual")] == [
         runs[0]["dag_run_id"]
     ]  # no new run

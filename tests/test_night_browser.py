@@ -137,6 +137,7 @@ def test_the_run_and_task_tabs(client):
     assert f"/night/{NIGHT}" in page.text and f"/night/{FAILED}" in page.text
     other = client.get("/run/another_dag/manual__1")
     assert other.status_code == 200 and "is not a T120 reduction" in other.text
+    assert "is not a T120 reduction" in client.get("/ti/another_dag/manual__1/a_task/0").text
     browser.app.dependency_overrides[browser.label_lookup] = lambda: (
         lambda dag_id, run_id, task_id, map_index: f"{NIGHT} M-67 V 60s"
     )

@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from .. import calibration, camera, frame_qc
 from ..association import days_between, mean_date_obs
-from ..combine import median_of
 from ..fitsio import FrameError, product_header, read_header, read_product, set_card, write_image
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
@@ -35,9 +32,7 @@ def missing_masters_message(group: GroupKey, absent: list[str]) -> str:
 
 def aux_recipe() -> dict[str, Any]:
     """The code and parameters that make an aux frame's bytes (see provenance)."""
-    code = code_identity(
-        calibration, frame_qc, calibrate_group, raw_level, master_cards, *FITS_WRITING
-    )
+    code = code_identity(calibration, frame_qc, calibrate_group, master_cards, *FITS_WRITING)
     return {"code": code, "parameters": {}}
 
 
@@ -80,15 +75,6 @@ def master_cards(
     return cards, summary
 
 
-def raw_level(raw: Any) -> float:
-    """The raw frame's median (bias, dark and sky), from a sparse sample: what a star's peak
-    stands on before it reaches the saturation level."""
-    sample = raw[:: frame_qc.SKY_STEP, :: frame_qc.SKY_STEP].reshape(-1)
-    if sample.dtype.kind == "f":  # a float raw frame may hold NaN (16-bit integers cannot)
-        sample = sample[np.isfinite(sample)]
-    return float(median_of(sample)) if sample.size else 0.0
-
-
 def calibrate_group(
     layout: NightLayout, group: GroupKey, frames: list[Frame], overwrite: bool = False
 ) -> dict[str, Any]:
@@ -114,7 +100,7 @@ def calibrate_group(
                 masters.extend((read_product(dark_path)[0], read_product(flat_path)[0]))
             level = camera.saturation_level(raw.header)
             saturated = frame_qc.saturated_fraction(raw.data, level)
-            headroom = level - raw_level(raw.data)
+            headroom = level - frame_qc.sky_level(raw.data)
             aux = calibration.calibrate(raw.data, masters[0], masters[1], out=raw.data)
             figures = frame_qc.measure(aux, headroom, saturated)
             header = product_header(raw.header)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import camera, combine, frame_qc, registration, stacking
 from ..association import mean_date_obs
-from ..combine import FrameStack, median_of
+from ..combine import FrameStack
 from ..fitsio import (
     FrameError,
     ProductRows,
@@ -115,7 +115,6 @@ def stack_recipe(thresholds: frame_qc.Thresholds | None = None) -> dict[str, Any
         _judge,
         _frame_record,
         _kept_qc,
-        _sky_level,
         combine_group,
         calibrate.master_cards,
         *FITS_WRITING,
@@ -220,7 +219,7 @@ def _measure_frames(layout: NightLayout, frames: list[Frame], detections: FrameS
         measured.figures.append(figures)
         measured.pixel_scale = camera.pixel_scale(header)
         sky = figures.sky if figures is not None else math.nan
-        measured.skies.append(sky if math.isfinite(sky) else _sky_level(aux))
+        measured.skies.append(sky if math.isfinite(sky) else frame_qc.sky_level(aux))
     return measured
 
 
@@ -371,13 +370,6 @@ def _frame_record(
     record["stacked"] = index not in failed
     record["reason"] = failed.get(index)
     return record
-
-
-def _sky_level(image: np.ndarray) -> float:
-    """Median of a regular subsample of the finite pixels: the frame's sky, cheaply."""
-    sample = image[::3, ::3]
-    sample = sample[np.isfinite(sample)]
-    return float(median_of(sample)) if sample.size else 0.0
 
 
 def combine_group(layout: NightLayout, alignment: Alignment) -> dict[str, Any]:

@@ -180,13 +180,13 @@ def create_app() -> FastAPI:
         lookup: Annotated[Any, Depends(run_lookup)],
     ) -> str:
         if dag_id != pages.DAG_ID:
-            return pages.run_page(dag_id, run_id, [], {}, base)
+            return pages.not_t120(dag_id, base)
         run = lookup(dag_id, run_id)
         if run is None:
             raise HTTPException(status_code=404, detail=f"no run {run_id} of {dag_id}")
         nights = _run_nights(run)
         entries = {str(e["night"]): e for e in store.nights()}
-        return pages.run_page(dag_id, run_id, nights, entries, base)
+        return pages.run_page(run_id, nights, entries, base)
 
     @app.get("/ti/{dag_id}/{run_id}/{task_id}/{map_index}", response_class=HTMLResponse)
     def task_view(
@@ -198,7 +198,7 @@ def create_app() -> FastAPI:
         lookup: Annotated[Any, Depends(label_lookup)],
     ) -> str:
         if dag_id != pages.DAG_ID:
-            return pages.run_page(dag_id, run_id, [], {}, base)
+            return pages.not_t120(dag_id, base)
         label = lookup(dag_id, run_id, task_id, map_index) if map_index >= 0 else None
         night, group = _night_and_group(label or "")
         manifest = None
