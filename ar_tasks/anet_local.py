@@ -8,6 +8,7 @@ index). The CPU limit bounds an unsolvable frame; a wall-clock timeout bounds ev
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -45,6 +46,93 @@ def index_dir(chosen: str | os.PathLike[str] | None = None) -> Path:
             "`python -m ar_tasks.refcat CATALOGUE DIR`"
         )
     return folder.resolve()
+
+
+class CoverageError(ValueError):
+    """No index file of the folder can solve a field at this pointing and scale."""
+
+
+MIN_INDEX_STARS = 10  # an index needs at least this many stars where the field may be
+
+
+def check_coverage(indexes: Path, pointing: tuple[float, float], radius_deg: float) -> None:
+    """Refuse before any tool runs when no index holds quads that fit the field and stars
+    where the field may be (within the search radius of the pointing): otherwise solve-field
+    spends its whole CPU limit on every image. An index whose layout is not understood counts
+    as covering (the check must never refuse a usable index)."""
+    field_arcsec = 2 * radius_deg * 3600
+    reach = HINT_RADIUS_DEG + radius_deg
+    seen = []
+    for path in sorted(indexes.glob("index-*.fits")):
+        stat = path.stat()
+        coverage = _index_coverage(str(path), stat.st_size, stat.st_mtime_ns)
+        if coverage is None:
+            return
+        smallest_quad, stars = coverage
+        nearby = _within(stars, pointing, reach) if stars is not None else MIN_INDEX_STARS
+        if smallest_quad < field_arcsec and nearby >= MIN_INDEX_STARS:
+            return
+        seen.append(f"{path.name} ({nearby} stars, quads from {smallest_quad / 60:.1f}')")
+    raise CoverageError(
+        f"no astrometry.net index in {indexes} covers RA {pointing[0]:.4f} Dec "
+        f"{pointing[1]:.4f} with quads smaller than the {field_arcsec / 60:.1f}' field "
+        f"(at least {MIN_INDEX_STARS} stars within {reach:.2f} deg needed: "
+        f"{'; '.join(seen[:3]) + ('; ...' if len(seen) > 3 else '') or 'no index'}): "
+        "wrong index folder?"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _index_coverage(path: str, size: int, mtime_ns: int) -> tuple[float, np.ndarray | None] | None:
+    """(smallest quad in arcsec, star unit vectors) of an index file, None when unreadable."""
+    try:
+        with fits.open(path, memmap=False) as hdus:
+            smallest = float(hdus[0].header["SCALE_L"]) * 180 / np.pi * 3600
+            little = str(hdus[0].header.get("ENDIAN", "04:03:02:01")).startswith("04")
+            tables = {hdu.header.get("TTYPE1"): hdu for hdu in hdus[1:]}
+            data, kind = tables["kdtree_data_stars"], tables["kdtree_header_stars"]
+            ranges = tables.get("kdtree_range_stars")
+            stored = str(kind.header.get("KDT_DATA", "double"))
+            order = "<" if little else ">"
+            raw = data.data.tobytes() if data.data is not None else b""
+            if stored == "double":
+                return smallest, np.frombuffer(raw, dtype=f"{order}f8").reshape(-1, 3)
+            if stored not in ("u32", "u16") or ranges is None:
+                return smallest, None
+            box = np.frombuffer(ranges.data.tobytes(), dtype=f"{order}f8")
+            units = np.frombuffer(raw, dtype=f"{order}u{4 if stored == 'u32' else 2}")
+            return smallest, box[:3] + units.reshape(-1, 3) / box[6]
+    except (OSError, KeyError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _near(stars: np.ndarray, pointing: tuple[float, float], radius_deg: float) -> np.ndarray:
+    ra, dec = np.radians(pointing)
+    centre = np.array([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+    return stars @ centre >= np.cos(np.radians(radius_deg))
+
+
+def _within(stars: np.ndarray, pointing: tuple[float, float], radius_deg: float) -> int:
+    return int(np.count_nonzero(_near(stars, pointing, radius_deg)))
+
+
+def index_stars(
+    indexes: Path, pointing: tuple[float, float], radius_deg: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """RA, Dec (degrees) of the index files' stars within `radius_deg` of a pointing: the
+    reference catalogue of the local route (each file holds a subset; duplicates removed)."""
+    found = []
+    for path in sorted(indexes.glob("index-*.fits")):
+        stat = path.stat()
+        coverage = _index_coverage(str(path), stat.st_size, stat.st_mtime_ns)
+        if coverage is not None and coverage[1] is not None:
+            found.append(coverage[1][_near(coverage[1], pointing, radius_deg)])
+    if not found:
+        return None
+    xyz = np.unique(np.round(np.concatenate(found), 12), axis=0)
+    ra = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0])) % 360
+    dec = np.degrees(np.arcsin(np.clip(xyz[:, 2], -1, 1)))
+    return ra, dec
 
 
 def write_backend_config(

@@ -76,6 +76,7 @@ class AstrometryOptions:
     timeout: float = externals.DEFAULT_TIMEOUT_S  # per tool call
     cpulimit: float = 30.0  # solve-field CPU seconds per image
     overwrite: bool = False
+    solve_each: bool = False  # every image solved on its own (5.1.3's way), not once per group
 
     @classmethod
     def from_flags(
@@ -242,9 +243,12 @@ def solve_image(out_dir: Path, image: Path, options: AstrometryOptions) -> dict:
         elif outcome.status == "catalogued":
             fits.setval(work / f"{image.stem}.ldac", KEY_KEYWORD, value=key)
         _keep(outcome, out_dir, work, image.stem)
+    except (refcat.CatalogueError, anet_local.CoverageError) as exc:
+        # The references cannot cover this pointing: the group's other images share it.
+        outcome = _Outcome("failed", str(exc))
+        record["reference_problem"] = True
     except (
         externals.ToolError,
-        refcat.CatalogueError,
         HeaderError,
         ConfigError,
         anet_online.OnlineError,
@@ -287,6 +291,13 @@ def _run(image: Path, work: Path, options: AstrometryOptions) -> _Outcome:
     catalogue = None
     link = work / f"{stem}.fits"
     link.symlink_to(image.resolve())
+    # References that cannot cover the pointing are refused before any tool runs.
+    reference = None
+    if options.scamp and pointing is not None:
+        reference = _scamp_reference(options, pointing, shape, scale, work)
+    if options.local and pointing is not None:
+        radius = scale * math.hypot(*shape) / 2 / 3600
+        anet_local.check_coverage(anet_local.index_dir(options.index_dir), pointing, radius)
     if options.sex:
         saturation = astromatic.saturation_level(header)
         catalogue = astromatic.extract(
@@ -301,8 +312,8 @@ def _run(image: Path, work: Path, options: AstrometryOptions) -> _Outcome:
                 )
         outcome.keep[catalogue] = SEXRES
     if options.scamp:
-        assert catalogue is not None and pointing is not None
-        _solve_scamp(catalogue, header, template, pointing, shape, scale, work, options, outcome)
+        assert catalogue is not None and reference is not None
+        _solve_scamp(catalogue, header, template, reference, work, options, outcome)
     if options.local:
         source = link if options.forceimg or catalogue is None else catalogue
         indexes = anet_local.index_dir(options.index_dir)
@@ -333,15 +344,12 @@ def _solve_scamp(
     catalogue: Path,
     header: fits.Header,
     template: fits.Header,
-    pointing: tuple[float, float],
-    shape: tuple[int, int],
-    scale: float,
+    reference: Path | str,
     work: Path,
     options: AstrometryOptions,
     outcome: _Outcome,
 ) -> None:
     write_card_file(catalogue.with_suffix(".ahead"), initial_wcs(header, template))
-    reference = _scamp_reference(options, pointing, shape, scale, work)
     head, xml = astromatic.run_scamp(
         catalogue, work, reference, options.config_dir, options.timeout
     )
@@ -364,6 +372,22 @@ def _scamp_reference(
     """The reference catalogue SCAMP uses: a cut of a local file (or of the per-field cache)
     written as LDAC, or the name of the online catalogue SCAMP queries itself."""
     radius = scale * math.hypot(*shape) / 2 / 3600 + POSITION_MAXERR_DEG
+    cut = reference_stars(options, pointing, radius)
+    if cut is None:
+        return options.astref_catalog
+    if len(cut) < refcat.MIN_REFERENCE_STARS:
+        raise refcat.CatalogueError(
+            f"{cut.source} has {len(cut)} reference star(s) within {radius * 60:.1f}' of the "
+            f"pointing (at least {refcat.MIN_REFERENCE_STARS} needed): wrong field or catalogue?"
+        )
+    return refcat.write_scamp_refcat(work / "refcat.ldac", cut)
+
+
+def reference_stars(
+    options: AstrometryOptions, pointing: tuple[float, float], radius: float
+) -> refcat.Catalogue | None:
+    """The local reference catalogue's stars within `radius` degrees of a pointing (a local
+    file, or the per-field cache), or None when the references are online only."""
     if options.refcat:
         path = options.refcat
     elif options.refcat_cache:
@@ -371,17 +395,11 @@ def _scamp_reference(
 
         path = str(fetch_field_catalogue(*pointing, radius, Path(options.refcat_cache)))
     else:
-        return options.astref_catalog
+        return None
     stat = os.stat(path)
-    cut = _catalogue(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns).cone(
+    return _catalogue(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns).cone(
         *pointing, radius
     )
-    if len(cut) < refcat.MIN_REFERENCE_STARS:
-        raise refcat.CatalogueError(
-            f"{path} has {len(cut)} reference star(s) within {radius * 60:.1f}' of the pointing "
-            f"(at least {refcat.MIN_REFERENCE_STARS} needed): wrong field or catalogue?"
-        )
-    return refcat.write_scamp_refcat(work / "refcat.ldac", cut)
 
 
 def _solve_online(
@@ -418,6 +436,7 @@ def _write_reduced(image: Path, target: Path, outcome: _Outcome, key: str) -> No
     except ValueError as exc:
         raise UnusableSolution(f"{outcome.solver}: {exc}") from exc
     set_card(merged, "ASTSOLVR", outcome.solver, "astrometric solver")
+    set_card(merged, "ASTMETHD", "full", "solved on its own (derived: from its group)")
     stats = outcome.stats
     if "matched_references" in stats:
         set_card(merged, "ASTNREF", stats["matched_references"], "matched reference stars")

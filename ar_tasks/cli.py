@@ -57,6 +57,7 @@ OPTION_ORDER = (
     "astrometrynet_local",
     "astrometrynet_online",
     "forceimg",
+    "solve_each",
     "astrometryonly",
 )
 ASTROMETRY_SETTINGS = {
@@ -148,6 +149,11 @@ def reporting(verbose: bool, log_path: Path | None) -> Iterator[CliHandler]:
     "-no", "--astrometrynet_online", is_flag=True, help="Solve on nova.astrometry.net (cancels -m)."
 )
 @click.option("--forceimg", is_flag=True, help="With -no/-nl: send the image, not a source list.")
+@click.option(
+    "--solve-each",
+    is_flag=True,
+    help="Solve every image on its own (default: each group's stack once, the frames derived).",
+)
 @click.option("--astrometryonly", is_flag=True, help="Only the astrometry, on existing products.")
 @click.option(
     "--refcat",
@@ -456,6 +462,7 @@ def _astrometry_options(options: dict[str, Any]) -> AstrometryOptions:
         local=options["astrometrynet_local"],
         online=options["astrometrynet_online"],
         forceimg=options["forceimg"],
+        solve_each=options["solve_each"],
         overwrite=options["overwrite"],
         **settings,
     )

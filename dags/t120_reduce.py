@@ -110,6 +110,7 @@ def _astrometry_settings(params: dict) -> dict:
         )
         if params[name]
     }
+    settings["solve_each"] = bool(params.get("solve_each", False))
     if params["astrometry"] == "astrometrynet_online":
         from ar_tasks.anet_online import OnlineSettings
 
@@ -252,6 +253,13 @@ PRODUCTS_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$"
             description="astromatic: SExtractor, PSFEx, SExtractor with the PSF, SCAMP. "
             "astrometrynet_local: solve-field with the index folder below. "
             "astrometrynet_online: nova.astrometry.net (key: connection below).",
+        ),
+        "solve_each": Param(
+            False,
+            type="boolean",
+            title="Solve every image on its own",
+            description="Off: each group is solved once (its stack) and every frame's WCS is "
+            "derived from the registration and checked on its own stars.",
         ),
         "refcat": Param(
             os.environ.get("AR_REFCAT") or None,

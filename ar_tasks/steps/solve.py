@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .. import astrometry
+from .. import astrometry, group_astrometry
 from ..inventory import Frame, GroupKey
 from ..layout import NightLayout
 from ..logs import VERBOSE
@@ -36,14 +36,24 @@ def solve_group(
 ) -> dict[str, Any]:
     """Astrometry of one group's aux frames and stack; one failed image does not stop the rest.
 
-    The external programs are single-threaded, so `jobs` images are solved at once.
+    With a solver, the group is solved once (its anchor) and every other registered image
+    derived from it (ar_tasks.group_astrometry), unless `options.solve_each`. The external
+    programs are single-threaded, so `jobs` images are solved at once.
     """
     images = astrometry_images(layout, group, frames, include_stack)
     if not images:
         raise StepError(f"No calibrated frame or stack of {group.name} to solve.")
-    records = run_each(
-        lambda path: astrometry.solve_image(layout.out_dir, path, options), images, jobs
-    )
+    alignment = None
+    if options.solver and not options.solve_each:
+        stack = layout.stack(group) if layout.stack(group) in images else None
+        aux_of = {frame.path: layout.aux(frame) for frame in frames}
+        alignment = group_astrometry.read_alignment(layout.stack_qc(group), stack, aux_of)
+    if alignment is not None:
+        records = group_astrometry.solve_images(layout.out_dir, images, alignment, options, jobs)
+    else:
+        records = run_each(
+            lambda path: astrometry.solve_image(layout.out_dir, path, options), images, jobs
+        )
     result: dict[str, Any] = {"solver": options.solver, "images": records}
     for status in ("solved", "failed", "reused", "catalogued"):
         result[status] = sum(r["status"] == status for r in records)
@@ -66,6 +76,8 @@ def _describe(record: dict[str, Any]) -> str:
         return f"catalogue {record['product']} ({record['seconds']} s)."
     stats = record.get("stats", {})
     figures = []
+    if record.get("method") == "derived":
+        figures.append(f"derived from {Path(record['anchor']).name}")
     if "matched_references" in stats:
         figures.append(f"{stats['matched_references']} references")
     if stats.get("sigma_arcsec"):
