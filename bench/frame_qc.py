@@ -21,7 +21,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.harness import Command, Sample, Summary, machine_facts, run_sequence, save_results
+from bench.harness import (
+    Command,
+    Sample,
+    Summary,
+    machine_facts,
+    run_sequence,
+    save_results,
+    worktree_at,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -49,23 +57,6 @@ def make_night(work: Path) -> Path:
         subprocess.run([BIN / "python", "-c", code, str(raw)], check=True)
         (raw / ".complete").touch()
     return raw / NIGHT
-
-
-def before_tree(work: Path, commit: str) -> Path:
-    """The code before the frame QC, in a worktree (made once)."""
-    tree = work / "frame_qc" / f"before-{commit}"
-    if not (tree / "ar_tasks").is_dir():
-        shutil.rmtree(tree, ignore_errors=True)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [BIN / "python", "-m", "compileall", "-q", str(tree / "ar_tasks")], check=True
-        )
-    return tree
 
 
 def fresh(night: Path, run_dir: Path) -> Path:
@@ -114,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
     args = parser.parse_args(argv)
     night = make_night(args.work)
-    old = before_tree(args.work, args.before)
+    old = worktree_at(args.before, args.work / "frame_qc" / f"before-{args.before}")
     runs = args.work / "frame_qc" / "runs"
     astro_reduce = str(BIN / "astro_reduce")
     codes = {"with frame QC": {}, f"before ({args.before})": {"PYTHONPATH": str(old)}}

@@ -15,9 +15,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -211,3 +213,20 @@ def save_results(name: str, payload: Any) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     return out
+
+
+def worktree_at(commit: str, tree: Path) -> Path:
+    """The repository's code at `commit` in a git worktree (made once, byte-compiled), to run
+    beside this tree's with PYTHONPATH=<tree>: the same bench, the code before a change."""
+    repo = Path(__file__).resolve().parent.parent
+    if not (tree / "ar_tasks").is_dir():
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], check=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), commit],
+            check=True,
+            capture_output=True,
+        )
+        python = Path(sys.executable)
+        subprocess.run([python, "-m", "compileall", "-q", str(tree / "ar_tasks")], check=True)
+    return tree
