@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import anet_local, astrometry, derived_wcs, registration
+from . import anet_local, astrometry, derived_wcs, externals, registration
 from .camera import HeaderError
 from .fitsio import read_product, set_card, write_image
 from .layout import REDUCED
@@ -102,11 +102,18 @@ def solve_images(
         record = _full(out_dir, candidate, options)
         records[candidate] = record
         if record["status"] in ("solved", "reused"):
-            anchor = _anchor(out_dir, candidate, record, alignment, options)
+            try:
+                anchor = _anchor(out_dir, candidate, record, alignment, options)
+            except (ValueError, OSError) as exc:  # the others are then solved on their own
+                log.warning("%s: cannot derive other images from it (%s)", candidate.name, exc)
             break
         if record.get("reference_problem"):
             break
     rest = [image for image in images if image not in records]
+    if anchor is None and any(r["status"] in ("solved", "reused") for r in records.values()):
+        solved = run_each(lambda image: _full(out_dir, image, options), rest, jobs)
+        records.update(zip(rest, solved, strict=True))
+        return [records[image] for image in images]
     if anchor is None:
         failure = next(iter(records.values()), {"reason": "no image of the group to solve"})
         reason = (
@@ -125,7 +132,10 @@ def solve_images(
     def each(image: Path) -> dict[str, Any]:
         if image not in alignment.shifts:
             return _full(out_dir, image, options)
-        record = derive_image(out_dir, image, anchor, alignment.shifts[image], options)
+        try:
+            record = derive_image(out_dir, image, anchor, alignment.shifts[image], options)
+        except (ValueError, OSError) as exc:  # an unreadable image: its own solve says why
+            record = {"status": "unchecked", "reason": f"its WCS cannot be derived ({exc})"}
         if record["status"] != "unchecked":
             return record
         log.info(
@@ -167,10 +177,15 @@ def _anchor(
         pointing = (float(centre[0][0]), float(centre[0][1]))
     scale = derived_wcs.pixel_scale_arcsec(solution)
     radius = scale * math.hypot(width, height) / 2 / 3600 + astrometry.POSITION_MAXERR_DEG
-    catalogue = astrometry.reference_stars(options, pointing, radius)
-    index = None
-    if catalogue is None and options.local:
-        index = anet_local.index_stars(anet_local.index_dir(options.index_dir), pointing, radius)
+    catalogue, index = None, None
+    try:
+        catalogue = astrometry.reference_stars(options, pointing, radius)
+        if catalogue is None and options.local:
+            index = anet_local.index_stars(
+                anet_local.index_dir(options.index_dir), pointing, radius
+            )
+    except (ValueError, OSError, externals.ToolError) as exc:  # the anchor's own stars then
+        log.warning("%s: no reference stars for the check (%s)", image.name, exc)
     if catalogue is not None and len(catalogue) >= derived_wcs.MIN_MATCHED:
         references, name = (catalogue.ra, catalogue.dec), "catalogue"
     elif index is not None and len(index[0]) >= derived_wcs.MIN_MATCHED:

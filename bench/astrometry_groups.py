@@ -103,15 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--before", default=BEFORE)
-    parser.add_argument("--no-before", action="store_true", help="skip the code before")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["group", "each", "before"],
+        choices=["group", "each", "before"],
+    )
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "astrometry")
     args = parser.parse_args(argv)
-    old = None if args.no_before else worktree_at(args.before, args.work / f"before-{args.before}")
-    cases: dict[str, tuple[list[str], dict[str, str]]] = {
-        "per group": ([], {}),
-        "--solve-each": (["--solve-each"], {}),
-    }
-    if old is not None:
+    cases: dict[str, tuple[list[str], dict[str, str]]] = {}
+    if "group" in args.cases:
+        cases["per group"] = ([], {})
+    if "each" in args.cases:
+        cases["--solve-each"] = (["--solve-each"], {})
+    if "before" in args.cases:
+        old = worktree_at(args.before, args.work / f"before-{args.before}")
         # Its code and its configuration files (the installed package would give this tree's).
         configs = str(old / "include" / "astromatic_configs")
         before = {"PYTHONPATH": str(old), "AR_ASTROMATIC_CONFIGS": configs}
