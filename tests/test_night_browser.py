@@ -167,3 +167,26 @@ def test_an_s3_products_root(client, archive, s3_server):
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert client.get(f"/night/{NIGHT}/file/..%2Fsecret.png").status_code == 404
     assert client.get(f"/night/{NIGHT}/file/stacked/M-67_V_60000.fits").status_code == 404
+
+
+def test_the_astrometry_of_each_image_is_shown():
+    """Full and derived solves, a refused derived WCS and a failure, escaped."""
+    from t120_browser import pages
+
+    images = [
+        {"image": "stacked/M-67_V_60000.fits", "status": "solved", "method": "full",
+         "solver": "SCAMP", "stats": {"matched_references": 157, "sigma_arcsec": [0.046]}},
+        {"image": "ar_cosmetic/a_aux.fits", "status": "solved", "method": "derived",
+         "anchor": "stacked/M-67_V_60000.fits", "solver": "SCAMP",
+         "stats": {"matched_references": 91, "sigma_arcsec": [0.044]},
+         "check": {"reference": "catalogue"}},
+        {"image": "ar_cosmetic/b_aux.fits", "status": "solved", "method": "full",
+         "solver": "SCAMP", "check_failed": "3 of 90 stars matched the catalogue"},
+        {"image": "ar_cosmetic/<b>c_aux.fits", "status": "failed", "solver": "SCAMP",
+         "reason": "not tried: <b>no</b>"},
+    ]  # fmt: skip
+    html = pages.night_page(NIGHT, {"astrometry": {"M-67_V_60000": {"images": images}}}, [], "")
+    assert "<h2>Astrometry</h2>" in html
+    assert "derived from M-67_V_60000.fits" in html and "0.044" in html
+    assert "derived WCS refused: 3 of 90 stars matched the catalogue" in html
+    assert ""&lt;i&gt;c&lt;/i&gt;_aux.fits" in htmllt;b"&lt;i&gt;c&lt;/i&gt;_aux.fits" in htmlgt;c_aux.fits" in html and "not tried: &lt;b&gt;no&lt;/b&gt;" in html

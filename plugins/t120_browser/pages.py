@@ -144,6 +144,7 @@ def night_page(night: str, manifest: dict[str, Any], pictures: list[str], base: 
         _quarantined(manifest),
         _groups(manifest),
         _masters(manifest),
+        _astrometry(manifest),
         _pictures(night, pictures, base),
         _products(manifest),
         _software(manifest),
@@ -297,6 +298,38 @@ def _pictures(night: str, pictures: list[str], base: str) -> str:
         for p in pictures
     )
     return f"<h2>Pictures</h2>{links}"
+
+
+def _astrometry(manifest: dict[str, Any]) -> str:
+    """Each image's solve: how (full, or derived from its group's anchor and checked), the
+    figures, and why it failed or why its derived WCS was refused."""
+    rows = []
+    for group, result in sorted((manifest.get("astrometry") or {}).items()):
+        for image in result.get("images") or []:
+            stats = image.get("stats") or {}
+            sigma = stats.get("sigma_arcsec") or []
+            check = image.get("check") or {}
+            how = image.get("method") or "-"
+            if how == "derived":
+                how = f"derived from {image.get('anchor', '?').rsplit('/', 1)[-1]}"
+            note = image.get("reason") or image.get("check_failed") or ""
+            if image.get("check_failed"):
+                note = f"derived WCS refused: {image['check_failed']}"
+            rows.append(
+                [
+                    e(group),
+                    e(str(image.get("image", "")).rsplit("/", 1)[-1]),
+                    status(image.get("status")),
+                    e(how),
+                    e(image.get("solver")),
+                    e(stats.get("matched_references", "-")),
+                    e(f"{max(sigma):.3f}" if sigma else "-"),
+                    e(check.get("reference", "-")),
+                    e(note),
+                ]
+            )
+    headers = ("group", "image", "status", "how", "solver", "stars", 'scatter "', "checked on", "")
+    return "<h2>Astrometry</h2>" + (table(headers, rows) if rows else "<p>none asked</p>")
 
 
 def _products(manifest: dict[str, Any]) -> str:
