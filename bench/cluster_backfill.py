@@ -384,19 +384,24 @@ class ProcSampler(threading.Thread):
         # (pid, start time) -> (own ticks, reaped children's ticks, kind, parent pid)
         self.last: dict[tuple[str, int], tuple[int, int, str, str]] = {}
         self.credit: Counter = Counter()  # pid -> ticks of its dead children already counted
+        self.parts: Counter = Counter()  # the cluster's ticks by part (scheduler, worker, ...)
+        self.part: dict[str, str] = {}  # pid -> its part
         ticks = os.sysconf("SC_CLK_TCK")
         self.started_ticks = int(float(Path("/proc/uptime").read_text().split()[0]) * ticks)
         self.me = str(os.getpid())
         self.sample()
 
-    def sessions(self) -> set[str]:
-        found = set()
+    def sessions(self) -> dict[str, str]:
+        """session id -> the cluster's part running in it (worker, scheduler, ...)."""
+        found = {}
         for pid_file in self.run_dir.glob("*.pid") if self.run_dir else ():
             with contextlib.suppress(OSError, IndexError):
-                found.add(pid_file.read_text().split()[0])
+                found[pid_file.read_text().split()[0]] = pid_file.stem
         return found
 
-    def classify(self, pid: str, session: str, parent_kind: str | None, sessions: set[str]) -> str:
+    def classify(
+        self, pid: str, session: str, parent_kind: str | None, sessions: dict[str, str]
+    ) -> str:
         if pid == self.me:
             return "bench"
         if session in sessions or parent_kind == "cluster":
@@ -424,6 +429,7 @@ class ProcSampler(threading.Thread):
         kinds = {pid: kind for (pid, _), (_, _, kind, _) in self.last.items()}
         seen: dict[tuple[str, int], tuple[int, int, str, str]] = {}
         add: Counter = Counter()
+        add_part: Counter = Counter()
         for key in sorted(stats, key=lambda k: k[1]):  # parents before their children
             own, reaped, parent, session = stats[key]
             if key in self.last:
@@ -438,10 +444,16 @@ class ProcSampler(threading.Thread):
             if already:
                 self.credit[key[0]] -= already
             add[kind] += own - own0 + children - already
+            if kind == "cluster":  # its part: its session's, its parent's, else PostgreSQL's
+                part = sessions.get(session) or self.part.get(parent) or "postgres"
+                self.part[key[0]] = part
+                add_part[part] += own - own0 + children - already
             seen[key] = (own, reaped, kind, parent)
         with self.lock:
             for kind, value in add.items():
                 self.totals[kind] += value
+            for part, value in add_part.items():
+                self.parts[part] += value
             self.last = seen
 
     def run(self) -> None:
@@ -451,7 +463,8 @@ class ProcSampler(threading.Thread):
     def snapshot(self) -> dict[str, int]:
         busy, total = _cpu_jiffies()
         with self.lock:
-            return {"busy": busy, "total": total, **self.totals}
+            parts = {f"part:{k}": v for k, v in self.parts.items()}
+            return {"busy": busy, "total": total, **self.totals, **parts}
 
 
 def machine_window(start: dict[str, int], end: dict[str, int]) -> dict[str, float]:
@@ -816,6 +829,11 @@ def run_pass(
             "cluster_cpu_s": round((snap1["cluster"] - snap0["cluster"]) / TICKS, 1),
             "others_cpu_s": round((snap1["others"] - snap0["others"]) / TICKS, 1),
             "wall_s": round((snap1["total"] - snap0["total"]) / TICKS / (os.cpu_count() or 1), 1),
+            "cluster_cpu_s_by_part": {
+                k.removeprefix("part:"): round((v - snap0.get(k, 0)) / TICKS, 1)
+                for k, v in snap1.items()
+                if k.startswith("part:")
+            },
         },
     }
 
