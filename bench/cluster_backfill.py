@@ -1550,6 +1550,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "conf": CONF,
         "max_active_runs": MAX_ACTIVE_RUNS,
         "raw": tree_bytes(raw),
+        "raw_by_night": {n: tree_bytes(raw / n) for n in plan if (raw / n).is_dir()},
     }
     load0 = os.getloadavg()
     busy0 = _cpu_jiffies()
