@@ -1,0 +1,117 @@
+"""bench/scaling.py: the 10-year plan's arithmetic on a tiny synthetic results dict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import scaling
+
+
+def _pass(wall_s, tis, attempts, cpu, runs=(), s3=None):
+    return {
+        "analysis": {
+            "wall_s": wall_s,
+            "task_instances": tis,
+            "attempts": attempts,
+            "retries": 0,
+            "runs": list(runs),
+            "task_s": {"sum": 8.0, "median": 0.5},
+            "by_task": {},
+            "machine": {
+                "busy": 0.5,
+                "others": 0.1,
+                "cluster_cpu_s": cpu,
+                "cluster_cpu_s_by_part": {"scheduler": 2.0, "postgres": 1.0, "api-server": 0.5},
+            },
+        },
+        "products_bytes": 360e6,
+        "s3_traffic": s3,
+        "storage_counters": None,
+    }
+
+
+def results(roots="local"):
+    """3 dates: 2 complete nights of 60 frames (2 MB each), 1 empty; a complete night's run:
+    10 task instances, 4 s, 8 task seconds."""
+    plan = {"2023-05-01": "complete", "2023-05-02": "complete", "2023-05-03": "empty"}
+    runs = [
+        {
+            "night": n,
+            "kind": "complete",
+            "duration_s": 4.0,
+            "task_instances": 10,
+            "task_seconds": 8.0,
+        }
+        for n in ("2023-05-01", "2023-05-02")
+    ]
+    s3 = {"requests": 240, "by_operation": {"get": 240}, "bytes_down": 480e6, "bytes_up": 240e6}
+    rerun_s3 = {"requests": 30, "by_operation": {"list": 30}, "bytes_down": 0, "bytes_up": 0}
+    return {
+        "roots": roots,
+        "plan": plan,
+        "machine": {"cores": 2, "date": "2026-12-04 05:00 UTC"},
+        "code": {"commit": "abc1234"},
+        "raw": {"files": 120, "bytes": 240e6},
+        "raw_by_night": {"2023-05-01": {"files": 60}, "2023-05-02": {"files": 60}},
+        "cli": {"cpu_s": 6.0, "nights": 2},
+        "passes": {
+            "first": _pass(10.0, 20, 20, 24.0, runs, s3 if roots == "s3" else None),
+            "rerun": _pass(2.0, 20, 2, 3.0, runs, rerun_s3 if roots == "s3" else None),
+        },
+    }
+
+
+def test_plan_arithmetic():
+    runs = {r: scaling.measured(results(r)) for r in ("local", "s3")}
+    assert runs["local"]["efficiency"] == pytest.approx(6.0 / (10.0 * 2))
+    archive = {"nights": 10, "frames": 1200, "raw_bytes": 2.4e9}
+    p = scaling.plan(runs, astrometry_s=1.0, archive=archive, pod_cpu_s=2.0, pod_start_s=10.0)
+    night, cpu = p["night"], p["cpu"]
+    assert night["bench_frames_per_night"] == 60 and night["scale"] == 2.0
+    assert night["ten_groups_per_night"] == 10.0  # 5 groups of 5 science frames, twice the frames
+    assert night["ten_images_per_night"] == pytest.approx(120 * 25 / 60 + 10)  # frames + stacks
+    assert cpu["cli_per_frame"] == pytest.approx(0.05)  # 6 CPU s / 120 frames
+    assert cpu["overhead_per_attempt"] == pytest.approx((24.0 - 0.05 * 120) / 20)  # 0.9
+    assert cpu["ten_tis_per_night"] == 15.0  # 10 - 5 groups + 10 groups
+    assert cpu["ten_tis"] == 150.0
+    assert cpu["ten_dag_s"] == pytest.approx(0.05 * 1200 + 0.9 * 150)
+    assert cpu["ten_astrometry_s"] == pytest.approx(1.0 * 60 * 10)
+    assert p["cores"][24]["cpu_bound"] == pytest.approx(195 / (86400 * 0.8))
+    assert p["cores"][4]["as_measured"] == pytest.approx(60 / (4 * 3600 * 0.3))
+    assert p["executor"]["k8s_extra_cpu_s"] == 300.0  # 2 CPU s x 150 pods
+    assert p["executor"]["k8s_run_s"] == 4.0 + 5 * 10.0
+    assert p["run_concurrency"] == 2.0  # 8 task seconds in a 4 s run
+    assert p["scheduler"]["scheduler_cpu_per_ti"] == pytest.approx(0.1)  # 2 s / 20 tries
+    s3 = p["s3"]
+    assert s3["first"]["down_per_raw_byte"] == 2.0
+    assert s3["first"]["ten_bytes_down"] == pytest.approx(4.8e9)
+    assert s3["first"]["ten_requests"] == pytest.approx(240 / 120 * 1200)  # per frame
+    assert s3["rerun"]["ten_requests"] == pytest.approx(30 / 3 * 10)  # per date
+    assert p["tenfold"][24]["cores"] == pytest.approx(10 * p["cores"][24]["cpu_bound"])
+
+
+def test_astrometry_routes_are_read_from_benchmarks():
+    text = (
+        "### Astrometry per route (one image at a time)\n\n"
+        "| night | route | images solved | median s per image | slowest s | total s |\n"
+        "|---|---|---|---|---|---|\n"
+        "| 1024² × 5 | `--scamp`: source-extractor → scamp | 30/30 | 2.19 | 2.34 | 57.4 |\n"
+        "| 1024² × 5 | `-nl`: source-extractor → solve-field | 30/30 | 0.93 | 1.06 | 28.1 |\n\n"
+        "### The cost of Airflow\n| x | `-m` | 1 | 9.9 |\n"
+    )
+    assert scaling.astrometry_routes(text) == {"--scamp": 2.19, "-nl": 0.93}
+
+
+def test_main_writes_scaling_md(tmp_path):
+    paths = []
+    for roots in ("local", "s3"):
+        path = tmp_path / f"{roots}.json"
+        path.write_text(json.dumps(results(roots)))
+        paths.append(str(path))
+    out = tmp_path / "SCALING.md"
+    args = [*paths, "--astrometry-s-per-image", "0.3", "--out", str(out)]
+    assert scaling.main([*args, "--benchmarks", str(tmp_path / "none.md")]) == 0
+    text = out.read_text()
+    assert text.startswith("# Scaling") and "0.30 s an image" in text and "**assumed**" in text
