@@ -838,6 +838,13 @@ def run_pass(
     }
 
 
+def _quarantined(entry: Any) -> tuple[str, str]:
+    """(path, reason) of a manifest's quarantined entry ({"path", "reason"}, or a pair)."""
+    if isinstance(entry, dict):
+        return str(entry.get("path")), str(entry.get("reason"))
+    return str(entry[0]), str(entry[1]) if len(entry) > 1 else ""
+
+
 def manifest_figures(manifest: dict, written: list) -> dict[str, Any]:
     """What the bench keeps of a night's manifest: status, what it says was recomputed, its
     problems, quarantined files, borrowed masters, groups, the storage counters (when the
@@ -853,7 +860,7 @@ def manifest_figures(manifest: dict, written: list) -> dict[str, Any]:
         "recomputed": None if recomputed is None else len(recomputed),
         "problems": len(manifest.get("problems") or []),
         "problem_texts": [str(p)[:300] for p in (manifest.get("problems") or [])[:10]],
-        "quarantined": {str(q[0]): str(q[1]) for q in manifest.get("quarantined") or []},
+        "quarantined": dict(_quarantined(q) for q in manifest.get("quarantined") or []),
         "borrowed": {name: (qc or {}).get("night") for name, qc in borrowed.items()},
         "groups": len(groups),
         "groups_failed": sorted(
