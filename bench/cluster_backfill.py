@@ -973,7 +973,9 @@ def storage_totals(
         for key in ("requests", "bytes_down", "bytes_up"):
             total[key] += int(counters.get(key) or 0)
         for op, value in (counters.get("by_operation") or {}).items():
-            by_operation[op] += int(value if not isinstance(value, dict) else value.get("n", 0))
+            if isinstance(value, dict):  # {op: {"requests": n, ...}} rather than {op: n}
+                value = next((value[k] for k in ("requests", "n", "count") if k in value), 0)
+            by_operation[op] += int(value or 0)
     total["by_operation"] = dict(by_operation)
     return total
 
@@ -1033,12 +1035,12 @@ class S3Store:
         return {"files": len(files), "bytes": size, "folder_markers": len(markers), "s": seconds}
 
     def objects(self, prefix: str) -> dict[str, tuple[int, str]]:
-        """key -> (size, ETag) under prefix."""
+        """key -> (size, "ETag@LastModified") under prefix."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix
         )
         return {
-            o["Key"]: (o["Size"], o["ETag"].strip('"'))
+            o["Key"]: (o["Size"], f"{o['ETag'].strip(chr(34))}@{o['LastModified'].isoformat()}")
             for page in pages
             for o in page.get("Contents", [])
         }
