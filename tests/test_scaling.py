@@ -42,10 +42,21 @@ def results(roots="local"):
             "kind": "complete",
             "duration_s": 4.0,
             "task_instances": 10,
+            "attempts": 9,
             "task_seconds": 8.0,
         }
         for n in ("2023-05-01", "2023-05-02")
     ]
+    runs.append(
+        {
+            "night": "2023-05-03",
+            "kind": "empty",
+            "duration_s": 1.0,
+            "task_instances": 7,
+            "attempts": 1,
+            "task_seconds": 0.2,
+        }
+    )
     s3 = {"requests": 240, "by_operation": {"get": 240}, "bytes_down": 480e6, "bytes_up": 240e6}
     rerun_s3 = {"requests": 30, "by_operation": {"list": 30}, "bytes_down": 0, "bytes_up": 0}
     return {
@@ -66,29 +77,44 @@ def results(roots="local"):
 def test_plan_arithmetic():
     runs = {r: scaling.measured(results(r)) for r in ("local", "s3")}
     assert runs["local"]["efficiency"] == pytest.approx(6.0 / (10.0 * 2))
-    archive = {"nights": 10, "frames": 1200, "raw_bytes": 2.4e9}
-    p = scaling.plan(runs, astrometry_s=1.0, archive=archive, pod_cpu_s=2.0, pod_start_s=10.0)
-    night, cpu = p["night"], p["cpu"]
-    assert night["bench_frames_per_night"] == 60 and night["scale"] == 2.0
-    assert night["ten_groups_per_night"] == 10.0  # 5 groups of 5 science frames, twice the frames
-    assert night["ten_images_per_night"] == pytest.approx(120 * 25 / 60 + 10)  # frames + stacks
+    archive = {"nights": 10, "frames": 1200, "raw_bytes": 2.4e9, "dates": 20}
+    p = scaling.plan(
+        runs,
+        astrometry_s=1.0,
+        archive=archive,
+        pod_cpu_s=2.0,
+        pod_start_s=10.0,
+        scheduler_idle_core=0.1,
+    )
+    night, t, cpu = p["night"], p["tasks"], p["cpu"]
+    assert night["bench_complete_frames"] == 60 and night["scale"] == 2.0  # 120 frames a night
+    assert night["ten_groups_per_night"] == 10.0  # 5 groups of 5 science frames, twice over
+    assert night["ten_images_per_night"] == 60.0  # (25 frames + 5 stacks) x 2
+    # a complete night: 10 instances, 9 tries, 5 per group; an empty date: 7 and 1
+    assert (t["tis_per_night"], t["tries_per_night"]) == (15.0, 14.0)
+    assert t["tries"] == 10 * 14 + 10 * 1  # 10 nights, 10 dates without data
+    assert t["tis_astrometry"] == 10 * (4 + 2 * 10) + 10 * 7
     assert cpu["cli_per_frame"] == pytest.approx(0.05)  # 6 CPU s / 120 frames
-    assert cpu["overhead_per_attempt"] == pytest.approx((24.0 - 0.05 * 120) / 20)  # 0.9
-    assert cpu["ten_tis_per_night"] == 15.0  # 10 - 5 groups + 10 groups
-    assert cpu["ten_tis"] == 150.0
+    assert cpu["overhead_per_try"] == pytest.approx((24.0 - 0.05 * 120) / 20)  # 0.9
     assert cpu["ten_dag_s"] == pytest.approx(0.05 * 1200 + 0.9 * 150)
     assert cpu["ten_astrometry_s"] == pytest.approx(1.0 * 60 * 10)
     assert p["cores"][24]["cpu_bound"] == pytest.approx(195 / (86400 * 0.8))
     assert p["cores"][4]["as_measured"] == pytest.approx(60 / (4 * 3600 * 0.3))
-    assert p["executor"]["k8s_extra_cpu_s"] == 300.0  # 2 CPU s x 150 pods
+    assert cpu["efficiency_quiet"] == pytest.approx(0.3 / 0.9)  # others used 10%
+    assert p["executor"]["extra_cpu_s"] == 300.0  # 2 CPU s x 150 pods
     assert p["executor"]["k8s_run_s"] == 4.0 + 5 * 10.0
-    assert p["run_concurrency"] == 2.0  # 8 task seconds in a 4 s run
-    assert p["scheduler"]["scheduler_cpu_per_ti"] == pytest.approx(0.1)  # 2 s / 20 tries
+    assert p["pools"]["run_parallelism"] == 2.0  # 8 task seconds in a 4 s run
+    sc = p["scheduler"]
+    assert sc["scheduler_per_try"] == pytest.approx(0.1)  # 2 s / 20 tries
+    assert sc["scheduler_net_per_try"] == pytest.approx((2.0 - 0.1 * 10) / 20)
+    rate = t["tries_astrometry"] / 14400
+    assert sc["scheduler_net_cores_4_astrometry"] == pytest.approx(0.1 + rate * 0.05)
+    assert p["rerun"]["ten_wall_s"] == pytest.approx(2.0 / 3 * 20)  # per date x dates
     s3 = p["s3"]
     assert s3["first"]["down_per_raw_byte"] == 2.0
     assert s3["first"]["ten_bytes_down"] == pytest.approx(4.8e9)
     assert s3["first"]["ten_requests"] == pytest.approx(240 / 120 * 1200)  # per frame
-    assert s3["rerun"]["ten_requests"] == pytest.approx(30 / 3 * 10)  # per date
+    assert s3["rerun"]["ten_requests"] == pytest.approx(30 / 3 * 20)  # per date
     assert p["tenfold"][24]["cores"] == pytest.approx(10 * p["cores"][24]["cpu_bound"])
 
 
