@@ -1668,6 +1668,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def write_split(results: dict[str, Any], path: Path) -> None:
+    """The results without each pass's raw records (every try, run and pool sample) in `path`,
+    the records in `<stem>.records.json` beside it; `--from-json` and bench.scaling read the
+    first alone."""
+    records = {label: entry.pop("records", None) for label, entry in results["passes"].items()}
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    path.with_name(f"{path.stem}.records.json").write_text(json.dumps(records) + "\n")
+    for label, entry in results["passes"].items():
+        entry["records"] = records[label]
+
+
 def default_paths(nights: int, roots: str) -> tuple[Path, Path]:
     """(work folder, results file): the 12-night local bench's as they were; the others' apart
     (the 30-night archive is shared by its local and S3 runs)."""
@@ -1740,7 +1751,10 @@ def main(argv: list[str] | None = None) -> int:
         results["bench_s"] = round(time.perf_counter() - started, 1)
         results["summary"] = summarise(results)
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        if results["nights"] != 12:  # the tries apart: the results file stays small
+            write_split(results, args.results)
+        else:
+            args.results.write_text(json.dumps(results, indent=1) + "\n")
         stamped = args.results.with_name(
             f"{args.results.stem}-{results['code']['commit']}-"
             f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M}.json"
