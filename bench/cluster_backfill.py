@@ -1111,13 +1111,18 @@ def s3_traffic(
     start, end = int(window[0]), int(window[1])
     ops: Counter = Counter()
     statuses: Counter = Counter()
-    down = up = unsized = 0
+    areas: Counter = Counter()
+    down = up = unsized = raw_down = 0
     for when, method, key, query, status in requests:
         if not start <= when <= end:
             continue
         op = s3_operation(method, key, query)
         ops[op] += 1
         statuses[str(status)] += 1
+        area = key.split("/", 1)[0] if "/" in key else "bucket"
+        areas[f"{op} {area}"] += 1
+        if op == "get" and area == "raw" and status < 300 and key in sizes:
+            raw_down += min(sizes[key], S3_CHUNK)
         if op in ("get", "put", "put_part") and status < 300:
             if key not in sizes:
                 unsized += 1
@@ -1134,6 +1139,9 @@ def s3_traffic(
         "bytes_down": down,
         "bytes_up": up,
         "unsized_transfers": unsized,
+        # where: "get raw", "head products", ... and the raw archive's bytes fetched
+        "by_area": dict(areas),
+        "raw_bytes_down": raw_down,
     }
 
 
