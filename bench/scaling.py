@@ -335,6 +335,8 @@ def plan(
                 "ten_requests": per_unit * (frames if label == "first" else dates),
                 "ten_bytes_down": traffic["bytes_down"] / s3run["raw_bytes"] * archive["raw_bytes"],
                 "ten_bytes_up": traffic["bytes_up"] / s3run["raw_bytes"] * archive["raw_bytes"],
+                "by_area": traffic.get("by_area") or {},
+                "raw_bytes_down": traffic.get("raw_bytes_down"),
             }
         s3["products_per_raw_byte"] = (s3run["products_bytes"] or 0) / s3run["raw_bytes"]
         s3["ten_products_bytes"] = s3["products_per_raw_byte"] * archive["raw_bytes"]
@@ -580,6 +582,21 @@ def render(runs: dict[str, dict], p: dict[str, Any], routes: dict[str, float], r
         f"{_n(cpu['ten_astrometry_s'])} = **{_n(cpu['ten_dag_astrometry_s'])} CPU s** "
         f"({_n(cpu['ten_dag_astrometry_s'] / 3600)} core-hours)."
     )
+    s3m = runs.get("s3")
+    if s3m and s3m is not base and s3m.get("cluster_cpu_s"):
+        server = s3m["cpu_by_part"].get("s3", 0.0)
+        ratio = (s3m["cluster_cpu_s"] - server) / base["cluster_cpu_s"]
+        w(
+            f"- with S3 roots (the S3 run, same archive): {_n(s3m['cluster_cpu_s'], 1)} cluster "
+            f"CPU s, of which the S3 server's own {server:.1f} (the storage's, not ours): "
+            f"({_n(s3m['cluster_cpu_s'], 1)} − {server:.1f}) ÷ {_n(base['cluster_cpu_s'], 1)} = "
+            f"**{ratio:.2f}×** the local run's (worker {s3m['cpu_by_part'].get('worker', 0):.1f} "
+            f"s against {base['cpu_by_part'].get('worker', 0):.1f}: transfers, hashing, listings; "
+            "the scheduler's and API server's longer idle over a longer pass). The CPU-bound "
+            f"cores below × {ratio:.2f} for S3 roots: 24 h "
+            f"{cores[24]['cpu_bound'] * ratio:.1f}, 4 h {cores[4]['cpu_bound'] * ratio:.1f} "
+            "without astrometry (astrometry itself does not touch S3 more)."
+        )
     w("")
     w(
         "Worker cores three ways: **measured** = the reduction's CPU ÷ (window × the bench's "
@@ -770,6 +787,25 @@ def render(runs: dict[str, dict], p: dict[str, Any], routes: dict[str, float], r
                 f"**{_tb(tr['ten_bytes_down'])}** | **{_tb(tr['ten_bytes_up'])}** |"
             )
         w("")
+        first = s3["first"]
+        areas = first["by_area"]
+        if areas and first.get("raw_bytes_down") is not None:
+            gets, heads = areas.get("get raw", 0), areas.get("head raw", 0)
+            once = first["down_per_raw_byte"] - first["raw_bytes_down"] / s3["bench_raw_bytes"] + 1
+            w(
+                f"- the raw archive is fetched {gets / s3['bench_frames']:.2f} times over on a "
+                f"first pass: {gets} GETs of raw keys for {s3['bench_frames']} files, "
+                f"{_gb(first['raw_bytes_down'])} for {_gb(s3['bench_raw_bytes'])} "
+                f"({first['raw_bytes_down'] / s3['bench_raw_bytes']:.2f}×), each after a HEAD "
+                f"({heads}: boto3's `download_file` asks for the size first); the products add "
+                f"{areas.get('get products', 0)} GETs "
+                f"({_gb(first['bytes_down'] - first['raw_bytes_down'])}: masters, records and "
+                "index entries read back by later tasks) and "
+                f"{areas.get('head products', 0)} HEADs. Fetching each raw frame once (the "
+                "night's tasks on one worker, or its science frames kept from `prepare_night`) "
+                f"would take the first pass's download from {first['down_per_raw_byte']:.2f} to "
+                f"about {once:.2f} bytes per raw byte."
+            )
         w(
             f"- products: {s3['products_per_raw_byte']:.2f} bytes per raw byte (listed after the "
             f"first pass; local run {p['products_per_raw_byte']:.2f}): ten years "
