@@ -554,7 +554,9 @@ def render(runs: dict[str, dict], p: dict[str, Any], routes: dict[str, float], r
         f"**{cpu['overhead_per_try']:.2f} CPU s a try** (of which the Celery worker and its task "
         f"processes {_n(cpu['worker_overhead_per_try'], 2)} s: a task process's start, imports, "
         "supervisor; the rest scheduler, API server, database, their idle loops over the pass "
-        f"included). Ten years: {cpu['overhead_per_try']:.2f} × {_n(t['tries'])} = "
+        f"included: they grow with the pass's wall, {base['first_wall_s']:.0f} s on a machine "
+        f"{base['others']:.0%} used by others, so a quiet machine's figure is lower). "
+        f"Ten years: {cpu['overhead_per_try']:.2f} × {_n(t['tries'])} = "
         f"**{_n(cpu['ten_overhead_s'])} CPU s**; with astrometry × {_n(t['tries_astrometry'])} = "
         f"{_n(cpu['ten_overhead_astrometry_s'])}."
     )
@@ -629,7 +631,15 @@ def render(runs: dict[str, dict], p: dict[str, Any], routes: dict[str, float], r
     w("")
     w(
         "Disk and network bandwidth are not limits in these figures (the I/O's CPU is in the "
-        "measured CPU); a 4-hour pass reads 0.5 TB, 35 MB/s."
+        f"measured CPU): a 4-hour pass reads {_tb(a['raw_bytes'], 1)} of raw, "
+        f"{a['raw_bytes'] / 14400 / 1e6:.0f} MB/s"
+        + (
+            f", and on S3 {p['s3']['first']['down_per_raw_byte']:.2f}× that as measured "
+            f"({a['raw_bytes'] * p['s3']['first']['down_per_raw_byte'] / 14400 / 1e6:.0f} MB/s "
+            "down)."
+            if p.get("s3") and p["s3"].get("first")
+            else "."
+        )
     )
     w("")
     w("## Celery against the KubernetesExecutor")
@@ -873,8 +883,13 @@ def render(runs: dict[str, dict], p: dict[str, Any], routes: dict[str, float], r
     )
     w(
         "3. **Astrometry on workers of its own** (a Celery queue, the `astrometry` pool sized as "
-        f"above): it is {cpu['astrometry_share']:.0%} of the CPU with `{route}`; the `-nl` route "
-        "halves it."
+        f"above): it is {cpu['astrometry_share']:.0%} of the CPU with `{route}`"
+        + (
+            f"; the cheapest route, `{min(routes, key=routes.get)}`, takes "
+            f"{min(routes.values()) / cpu['astrometry_s_per_image']:.0%} of its time an image."
+            if routes
+            else "."
+        )
     )
     w(
         "4. **Run slots** from the table above rather than the bench's 2, and **the rerun's "
