@@ -12,7 +12,7 @@ DEMO_CONF = {"first_night": "2023-05-10", "last_night": "2023-05-11", \
   "raw_root": "$(DEMO_ROOT)/raw", "products_root": "$(DEMO_ROOT)/products", \
   "astrometry": "astromatic", "refcat": "$(DEMO_ROOT)/refcat.fits"}
 
-.PHONY: install debian venv bytecode demo demo-s3 demo-cli airflow-init airflow airflow-stop cluster-up cluster-down test lint lock clean bench bench-cluster
+.PHONY: install debian venv bytecode demo demo-s3 demo-cli airflow-init airflow airflow-stop cluster-up cluster-down test lint lock clean bench bench-cluster bench-archive
 
 install: debian venv
 
@@ -118,6 +118,17 @@ bench: install
 BENCH_CLUSTER_ARGS ?=
 bench-cluster: install
 	$(BIN)/python -m bench.cluster_backfill $(BENCH_CLUSTER_ARGS)
+
+# A 30-night archive (complete nights, borrowers, damaged files, empty dates) backfilled on the
+# cluster with local roots, then with S3 roots (the cluster's moto server), then the 10-year plan
+# SCALING.md from both (bench/results/cluster_backfill_30_{local,s3}.json; see BENCHMARKS.md,
+# "A 30-night archive, local and S3 roots"). BENCH_ARCHIVE_ARGS=--write-benchmarks also writes
+# the two rows of its table.
+BENCH_ARCHIVE_ARGS ?=
+bench-archive: install
+	$(BIN)/python -m bench.cluster_backfill --nights 30 --roots local $(BENCH_ARCHIVE_ARGS)
+	$(BIN)/python -m bench.cluster_backfill --nights 30 --roots s3 $(BENCH_ARCHIVE_ARGS)
+	$(BIN)/python -m bench.scaling
 
 clean:
 	rm -rf $(DEMO_DIR) .airflow .pytest_cache .ruff_cache build *.egg-info bench/work bench/results

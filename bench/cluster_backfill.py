@@ -17,8 +17,19 @@ astro_reduce command on the same nights.
    occupancy, and the machine's busy fraction from /proc/stat (with the CPU of processes
    outside the cluster). The cluster goes down whatever happens.
 
+`--nights 30`: a 30-date archive instead (bench/work/cluster_backfill_30): 17 complete nights,
+3 with science frames only, 2 without flats, 4 with damaged files (a truncated FITS, a file of
+zeros, a frame without OBJECT or EXPTIME: `DAMAGES`), 2 dates without a folder and 2 with an
+empty one; each night is checked against what its kind should give (`night_outcomes`), and the
+archive's and the products' bytes are counted. `--roots s3`: the cluster also runs its S3
+server (AR_CLUSTER_S3=1, moto on 127.0.0.1), the raw archive is uploaded to
+s3://t120-bench/raw (an empty folder as its 0-byte key), the backfill's conf names s3:// roots,
+and each pass's S3 requests and bytes are read from the server's request log; the pipeline's
+own counters (`manifest["storage"]["total"]`) are summed when the manifests have them.
+
 Efficiency = the command's CPU seconds ÷ (first pass wall × cores). Results: bench/results/
-cluster_backfill.json and a table on stdout; `--write-benchmarks [NAME]` also writes the row NAME
+cluster_backfill.json (cluster_backfill_30_local.json, cluster_backfill_30_s3.json, ...) and a
+table on stdout; `--write-benchmarks [NAME]` also writes the row NAME
 of BENCHMARKS.md's table "The DAG at archive scale" (`--from-json` rewrites it from a results file
 without running anything). Only the DAG id `t120_reduce` and its params are assumed, never task
 names. `--source` picks the code the cluster and the command run: a snapshot of a commit (default
@@ -33,6 +44,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -50,7 +62,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.harness import Command, machine_facts, proc_stats, run_sequence
+from bench.harness import Command, CommandFailed, machine_facts, proc_stats, run_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -73,11 +85,59 @@ KINDS = (
     "science_only",
     "complete",
 )
+# `--nights 30`: an archive month as it comes (17 complete nights, 3 with science frames only
+# and 2 without flats that borrow masters, 4 with damaged files, 2 dates without a folder and 2
+# with an empty one). The 12-night plan above stays the default.
+KINDS_30 = (
+    "complete",
+    "complete",
+    "science_only",
+    "complete",
+    "damaged",
+    "complete",
+    "empty",
+    "complete",
+    "no_flats",
+    "complete",
+    "complete",
+    "damaged",
+    "complete",
+    "empty_folder",
+    "science_only",
+    "complete",
+    "complete",
+    "no_flats",
+    "complete",
+    "damaged",
+    "complete",
+    "empty",
+    "complete",
+    "science_only",
+    "complete",
+    "complete",
+    "empty_folder",
+    "complete",
+    "damaged",
+    "complete",
+)
+PLANS = {12: KINDS, 30: KINDS_30}
+# The damaged nights, in date order: which files are spoiled and how (folder, index of the file
+# in the folder's sorted listing, damage). Science frames come 5 to a group, so indices 0, 6 and
+# 12 are in three different groups: every group keeps at least 4 frames.
+DAMAGES = (
+    (("ORIGINAL", 0, "truncated"), ("ORIGINAL", 6, "zeros")),
+    (("ORIGINAL", 0, "no_object"), ("DARK", 0, "truncated")),
+    (("FLAT", 0, "zeros"), ("DARK", 0, "no_exptime")),
+    (("ORIGINAL", 0, "truncated"), ("ORIGINAL", 6, "zeros"), ("ORIGINAL", 12, "no_object")),
+)
+DAMAGE_VERSION = 1  # in the archive's stamp: a change of DAMAGES or of damage() rebuilds it
+EMPTY = ("empty", "empty_folder")
 REMOVED_FOLDERS = {"science_only": ("DARK", "FLAT"), "no_flats": ("FLAT",)}
 HOPELESS = ("science_only", "no_flats")  # nights without their own masters: they failed until
 # 2026-12-03, and borrow their neighbours' masters since (its figures before that are failures)
 RAW_FOLDERS = ("DARK", "FLAT", "ORIGINAL")
 MAX_ACTIVE_RUNS = 2
+TICKS = os.sysconf("SC_CLK_TCK")
 CONF = {"astrometry": "none", "png": True}
 FINAL_RUN_STATES = {"success", "failed"}
 EXECUTED = {"success", "failed", "up_for_retry", "up_for_reschedule"}
@@ -90,16 +150,71 @@ HEADER = (
     "task instance s, complete nights | queued → start s | upstream end → start s | "
     "hopeless nights | astrometry pool full | CLI, 8 complete nights |"
 )
+S3_BUCKET = "t120-bench"
+ARCHIVE_BEGIN = "<!-- archive-backfill:begin (rows written by python -m bench.cluster_backfill) -->"
+ARCHIVE_END = "<!-- archive-backfill:end -->"
+ARCHIVE_HEADER = (
+    "| roots | first pass s | rerun s (÷ first pass) | task instances: first pass / rerun | "
+    "retries | efficiency | machine busy (others' share) | cluster CPU s: first pass / rerun | "
+    "nights as expected | raw / products GB | S3 requests: first pass / rerun | "
+    "S3 GB down / up: first pass; rerun | pipeline's storage counters | CLI, complete nights |"
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # The archive and the code
 
 
-def night_plan(first: str = FIRST_NIGHT) -> dict[str, str]:
-    """Night name -> kind, for the 12 consecutive dates from `first`."""
+def night_plan(first: str = FIRST_NIGHT, nights: int = 12) -> dict[str, str]:
+    """Night name -> kind, for the 12 (or 30: `PLANS`) consecutive dates from `first`."""
     start = dt.date.fromisoformat(first)
-    return {(start + dt.timedelta(days=i)).isoformat(): kind for i, kind in enumerate(KINDS)}
+    kinds = PLANS[nights]
+    return {(start + dt.timedelta(days=i)).isoformat(): kind for i, kind in enumerate(kinds)}
+
+
+def damage_plan(plan: dict[str, str]) -> dict[str, tuple[tuple[str, int, str], ...]]:
+    """Night -> the damages of `DAMAGES` its files get (the damaged nights, in date order)."""
+    damaged = [night for night, kind in plan.items() if kind == "damaged"]
+    return {night: DAMAGES[i % len(DAMAGES)] for i, night in enumerate(damaged)}
+
+
+def _drop_card(data: bytes, keyword: str) -> bytes:
+    """The FITS bytes with the header card `keyword` turned into a COMMENT (same length)."""
+    key = f"{keyword:<8}=".encode()
+    end = data.index(b"END" + b" " * 77)
+    for start in range(0, end, 80):
+        if data[start : start + 9] == key:
+            card = f"COMMENT   {keyword} removed by bench.cluster_backfill".ljust(80).encode()
+            return data[:start] + card + data[start + 80 :]
+    raise ValueError(f"no {keyword} card")
+
+
+def damage(path: Path, how: str) -> None:
+    """Spoil a raw frame in place as archives spoil them: `truncated` (a transfer cut at half the
+    file), `zeros` (a file of zero bytes of its size: a disk block map lost), `no_object` or
+    `no_exptime` (a frame whose OBJECT or EXPTIME keyword is missing)."""
+    data = path.read_bytes()
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "zeros":
+        data = bytes(len(data))
+    elif how in ("no_object", "no_exptime"):
+        data = _drop_card(data, how.removeprefix("no_").upper())
+    else:
+        raise ValueError(f"unknown damage {how!r}")
+    path.write_bytes(data)
+
+
+def damaged_files(raw: Path, plan: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Night -> {path in the night: damage} of the archive in `raw` (the files `damage_plan`
+    names; the listing of the written archive decides which file is which)."""
+    found: dict[str, dict[str, str]] = {}
+    for night, damages in damage_plan(plan).items():
+        mine = found.setdefault(night, {})
+        for folder, index, how in damages:
+            names = sorted(p.name for p in (raw / night / folder).iterdir())
+            mine[f"{folder}/{names[index]}"] = how
+    return found
 
 
 def build_archive(raw: Path, truth: Path, plan: dict[str, str], size: int) -> None:
@@ -107,7 +222,9 @@ def build_archive(raw: Path, truth: Path, plan: dict[str, str], size: int) -> No
     from ar_tasks.synthetic import NightSpec, write_night
 
     stamp = raw / ".bench-archive.json"
-    wanted = {"plan": plan, "size": size}
+    wanted: dict[str, Any] = {"plan": plan, "size": size}
+    if any(kind not in KINDS for kind in plan.values()):  # the 12-night stamp as it was
+        wanted["damage_version"] = DAMAGE_VERSION
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return
     shutil.rmtree(raw, ignore_errors=True)
@@ -117,11 +234,30 @@ def build_archive(raw: Path, truth: Path, plan: dict[str, str], size: int) -> No
     for night, kind in plan.items():
         if kind == "empty":
             continue
+        if kind == "empty_folder":
+            (raw / night).mkdir()
+            continue
         write_night(raw, NightSpec(night=night, size=size), truth_root=truth)
         for folder in REMOVED_FOLDERS.get(kind, ()):
             shutil.rmtree(raw / night / folder)
+    for night, files in damaged_files(raw, plan).items():
+        for relative, how in files.items():
+            damage(raw / night / relative, how)
     stamp.write_text(json.dumps(wanted))
     print(f"archive: {len(plan)} dates in {raw} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def tree_bytes(root: Path, skip: Iterable[str] = ()) -> dict[str, int]:
+    """Files and bytes under a local root (names in `skip` at its top left out)."""
+    files = size = 0
+    for top in root.iterdir() if root.is_dir() else ():
+        if top.name in skip or top.name.startswith("."):
+            continue
+        for path in [top] if top.is_file() else top.rglob("*"):
+            if path.is_file():
+                files += 1
+                size += path.stat().st_size
+    return {"files": files, "bytes": size}
 
 
 def git(*args: str) -> str:
@@ -181,19 +317,28 @@ def measure_cli(
     per_night = {}
     busy0 = _cpu_jiffies()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    killed = []
     for night in nights:
-        folder = work / "cli" / night
-        shutil.rmtree(folder, ignore_errors=True)
-        for sub in RAW_FOLDERS:
-            if (raw / night / sub).is_dir():
-                shutil.copytree(raw / night / sub, folder / sub)
-        sample = run_sequence(
-            [
+        for attempt in (1, 2):
+            folder = work / "cli" / night
+            shutil.rmtree(folder, ignore_errors=True)
+            for sub in RAW_FOLDERS:
+                if (raw / night / sub).is_dir():
+                    shutil.copytree(raw / night / sub, folder / sub)
+            commands = [
                 Command([command, "--setup"], folder, env, "astro_reduce --setup"),
                 Command([command, "--interpolate"], folder, env, "astro_reduce --interpolate"),
-            ],
-            log=work / "logs" / "cli.log",
-        )
+            ]
+            try:
+                sample = run_sequence(commands, log=work / "logs" / "cli.log")
+                break
+            except CommandFailed as err:
+                # Killed by a signal from outside (on a shared machine, someone's cleanup):
+                # the night once more; its CPU until the kill stays in the children's total.
+                if attempt == 2 or "exited -" not in str(err):
+                    raise
+                killed.append(night)
+                print(f"CLI: {night}: {err}; once more", flush=True)
         per_night[night] = {"wall_s": round(sample.wall_s, 3), "cpu_s": round(sample.cpu_s, 3)}
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1 = _cpu_jiffies()
@@ -209,7 +354,10 @@ def measure_cli(
         "machine_busy": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 3),
         "not_the_command_cpu_s": round((busy1[0] - busy0[0]) / ticks - cpu, 2),
         "per_night": per_night,
+        "killed_and_rerun": killed,
     }
+    if killed:  # the CPU of the killed attempts is not the command's
+        result["cpu_s"] = round(sum(n["cpu_s"] for n in per_night.values()), 2)
     print(f"CLI: {len(nights)} nights, {result['wall_s']} s wall, {result['cpu_s']} CPU s")
     return result
 
@@ -248,19 +396,24 @@ class ProcSampler(threading.Thread):
         # (pid, start time) -> (own ticks, reaped children's ticks, kind, parent pid)
         self.last: dict[tuple[str, int], tuple[int, int, str, str]] = {}
         self.credit: Counter = Counter()  # pid -> ticks of its dead children already counted
+        self.parts: Counter = Counter()  # the cluster's ticks by part (scheduler, worker, ...)
+        self.part: dict[str, str] = {}  # pid -> its part
         ticks = os.sysconf("SC_CLK_TCK")
         self.started_ticks = int(float(Path("/proc/uptime").read_text().split()[0]) * ticks)
         self.me = str(os.getpid())
         self.sample()
 
-    def sessions(self) -> set[str]:
-        found = set()
+    def sessions(self) -> dict[str, str]:
+        """session id -> the cluster's part running in it (worker, scheduler, ...)."""
+        found = {}
         for pid_file in self.run_dir.glob("*.pid") if self.run_dir else ():
             with contextlib.suppress(OSError, IndexError):
-                found.add(pid_file.read_text().split()[0])
+                found[pid_file.read_text().split()[0]] = pid_file.stem
         return found
 
-    def classify(self, pid: str, session: str, parent_kind: str | None, sessions: set[str]) -> str:
+    def classify(
+        self, pid: str, session: str, parent_kind: str | None, sessions: dict[str, str]
+    ) -> str:
         if pid == self.me:
             return "bench"
         if session in sessions or parent_kind == "cluster":
@@ -288,6 +441,7 @@ class ProcSampler(threading.Thread):
         kinds = {pid: kind for (pid, _), (_, _, kind, _) in self.last.items()}
         seen: dict[tuple[str, int], tuple[int, int, str, str]] = {}
         add: Counter = Counter()
+        add_part: Counter = Counter()
         for key in sorted(stats, key=lambda k: k[1]):  # parents before their children
             own, reaped, parent, session = stats[key]
             if key in self.last:
@@ -302,10 +456,16 @@ class ProcSampler(threading.Thread):
             if already:
                 self.credit[key[0]] -= already
             add[kind] += own - own0 + children - already
+            if kind == "cluster":  # its part: its session's, its parent's, else PostgreSQL's
+                part = sessions.get(session) or self.part.get(parent) or "postgres"
+                self.part[key[0]] = part
+                add_part[part] += own - own0 + children - already
             seen[key] = (own, reaped, kind, parent)
         with self.lock:
             for kind, value in add.items():
                 self.totals[kind] += value
+            for part, value in add_part.items():
+                self.parts[part] += value
             self.last = seen
 
     def run(self) -> None:
@@ -315,7 +475,8 @@ class ProcSampler(threading.Thread):
     def snapshot(self) -> dict[str, int]:
         busy, total = _cpu_jiffies()
         with self.lock:
-            return {"busy": busy, "total": total, **self.totals}
+            parts = {f"part:{k}": v for k, v in self.parts.items()}
+            return {"busy": busy, "total": total, **self.totals, **parts}
 
 
 def machine_window(start: dict[str, int], end: dict[str, int]) -> dict[str, float]:
@@ -345,7 +506,14 @@ class ApiError(RuntimeError):
 class Cluster:
     """scripts/cluster.sh of a source tree, in its own AR_CLUSTER_HOME, on free ports."""
 
-    def __init__(self, tree: Path, home: Path, logs: Path, roots: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tree: Path,
+        home: Path,
+        logs: Path,
+        roots: dict[str, str],
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.tree = tree
         self.home = home
         self.logs = logs
@@ -366,7 +534,7 @@ class Cluster:
             # The param defaults, also for the scheduled run that unpausing creates.
             "AR_RAW_ROOT": roots["raw_root"],
             "AR_PRODUCTS_ROOT": roots["products_root"],
-        }
+        } | (extra_env or {})
         self.token = ""
 
     def script(self, command: str, timeout: float) -> subprocess.CompletedProcess:
@@ -663,33 +831,318 @@ def run_pass(
         "tries": try_records,
         "pool_samples": pool_samples,
         "pool_slots": {s["pool"]: s["slots"] for s in pool_samples},
+        "window": [created, max((r["end"] or 0) for r in run_records) or time.time()],
         "machine": machine_window(snap0, snap1)
-        | {"loadavg_start": list(load0), "loadavg_end": list(load1)},
+        | {
+            "loadavg_start": list(load0),
+            "loadavg_end": list(load1),
+            # CPU seconds over the pass (all cores): the cluster's (workers' task processes
+            # included), and the others'
+            "cluster_cpu_s": round((snap1["cluster"] - snap0["cluster"]) / TICKS, 1),
+            "others_cpu_s": round((snap1["others"] - snap0["others"]) / TICKS, 1),
+            "wall_s": round((snap1["total"] - snap0["total"]) / TICKS / (os.cpu_count() or 1), 1),
+            "cluster_cpu_s_by_part": {
+                k.removeprefix("part:"): round((v - snap0.get(k, 0)) / TICKS, 1)
+                for k, v in snap1.items()
+                if k.startswith("part:")
+            },
+        },
     }
 
 
-def read_manifests(products: Path, plan: dict[str, str]) -> dict[str, dict]:
-    """Status, what its manifest says was recomputed, and a stamp of every file written
-    (path, size, mtime: a rerun of a current night leaves the manifest as it was, so only
-    the files tell that nothing was written), per night that has a manifest."""
+def _quarantined(entry: Any) -> tuple[str, str]:
+    """(path, reason) of a manifest's quarantined entry ({"path", "reason"}, or a pair)."""
+    if isinstance(entry, dict):
+        return str(entry.get("path")), str(entry.get("reason"))
+    return str(entry[0]), str(entry[1]) if len(entry) > 1 else ""
+
+
+def manifest_figures(manifest: dict, written: list) -> dict[str, Any]:
+    """What the bench keeps of a night's manifest: status, what it says was recomputed, its
+    problems, quarantined files, borrowed masters, groups, the storage counters (when the
+    pipeline writes them), and a stamp of every file of the night (path, size, mtime or ETag: a
+    rerun of a current night leaves the manifest as it was, so only the files tell that nothing
+    was written)."""
+    recomputed = manifest.get("recomputed")
+    groups = manifest.get("groups") or {}
+    borrowed = (manifest.get("calibrations") or {}).get("borrowed") or {}
+    storage = manifest.get("storage")
+    return {
+        "status": manifest.get("status"),
+        "recomputed": None if recomputed is None else len(recomputed),
+        "problems": len(manifest.get("problems") or []),
+        "problem_texts": [str(p)[:300] for p in (manifest.get("problems") or [])[:10]],
+        "quarantined": dict(_quarantined(q) for q in manifest.get("quarantined") or []),
+        "borrowed": {name: (qc or {}).get("night") for name, qc in borrowed.items()},
+        "groups": len(groups),
+        "groups_failed": sorted(
+            n for n, g in groups.items() if (g or {}).get("status") == "failed"
+        ),
+        "storage_total": storage.get("total") if isinstance(storage, dict) else None,
+        "files": len(written),
+        "bytes": sum(size for _, size, _ in written),
+        "files_stamp": hashlib.sha256(json.dumps(sorted(written)).encode()).hexdigest()[:16],
+    }
+
+
+def read_manifests(
+    products: Path, plan: dict[str, str], store: S3Store | None = None
+) -> dict[str, dict]:
+    """`manifest_figures` per night that has a manifest, from a local products root or, with
+    `store`, from its bucket's products/ prefix."""
     found = {}
+    if store is not None:
+        objects = store.objects("products/")
+        for night in plan:
+            prefix = f"products/{night}/"
+            mine = [(k[len(prefix) :], *v) for k, v in objects.items() if k.startswith(prefix)]
+            if any(name == "manifest.json" for name, _, _ in mine):
+                manifest = json.loads(store.read(prefix + "manifest.json"))
+                found[night] = manifest_figures(manifest, mine)
+        return found
     for night in plan:
         path = products / night / "manifest.json"
         if path.is_file():
             manifest = json.loads(path.read_text())
-            recomputed = manifest.get("recomputed")
-            written = sorted(
+            written = [
                 (p.relative_to(path.parent).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
                 for p in path.parent.rglob("*")
                 if p.is_file()
-            )
-            found[night] = {
-                "status": manifest.get("status"),
-                "recomputed": None if recomputed is None else len(recomputed),
-                "problems": len(manifest.get("problems") or []),
-                "files_stamp": hashlib.sha256(json.dumps(written).encode()).hexdigest()[:16],
-            }
+            ]
+            found[night] = manifest_figures(manifest, written)
     return found
+
+
+def night_outcomes(
+    plan: dict[str, str],
+    runs: list[dict],
+    manifests: dict[str, dict],
+    damaged: dict[str, dict[str, str]],
+) -> dict[str, dict[str, Any]]:
+    """Whether each night ended as its kind should: a complete night reduced with its own
+    masters; a night without calibrations or flats reduced with borrowed ones; a damaged night
+    reduced with exactly its damaged files quarantined and every group reduced; an empty date
+    (no folder, an empty folder) a successful run with no manifest. `expected` False names why."""
+    states = {r["night"]: r["state"] for r in runs}
+    outcomes = {}
+    for night, kind in plan.items():
+        m = manifests.get(night)
+        why = []
+        if states.get(night) != "success":
+            why.append(f"run {states.get(night)}")
+        if kind in EMPTY:
+            if m is not None:
+                why.append(f"a manifest ({m['status']})")
+        elif m is None:
+            why.append("no manifest")
+        else:
+            if m["status"] != "success":
+                why.append(f"manifest {m['status']}: {'; '.join(m['problem_texts'][:3])}")
+            if m["groups_failed"]:
+                why.append(f"groups failed: {', '.join(m['groups_failed'])}")
+            want_quarantined = set(damaged.get(night, {}))
+            if set(m["quarantined"]) != want_quarantined:
+                why.append(
+                    f"quarantined {sorted(m['quarantined'])}, expected {sorted(want_quarantined)}"
+                )
+            if kind in HOPELESS and not m["borrowed"]:
+                why.append("borrowed no master")
+            if kind not in HOPELESS and m["borrowed"]:
+                why.append(f"borrowed {sorted(m['borrowed'])}")
+        outcomes[night] = {
+            "kind": kind,
+            "run_state": states.get(night),
+            "manifest_status": m["status"] if m else None,
+            "quarantined": m["quarantined"] if m else {},
+            "borrowed": m["borrowed"] if m else {},
+            "groups": m["groups"] if m else 0,
+            "expected": not why,
+            "why": why,
+        }
+    return outcomes
+
+
+def storage_totals(
+    manifests: dict[str, dict], before: dict[str, dict] | None = None
+) -> dict[str, Any] | None:
+    """The pipeline's own S3 counters (`manifest["storage"]["total"]`), summed over the nights
+    whose manifest this pass wrote (its files' stamp changed since `before`); None when no
+    manifest has them (the field is newer than this bench)."""
+    written = [
+        m
+        for night, m in manifests.items()
+        if before is None or (before.get(night) or {}).get("files_stamp") != m["files_stamp"]
+    ]
+    if not any(m.get("storage_total") for m in manifests.values()):
+        return None
+    total: dict[str, Any] = {"nights": 0, "requests": 0, "bytes_down": 0, "bytes_up": 0}
+    by_operation: Counter = Counter()
+    for m in written:
+        counters = m.get("storage_total") or {}
+        if not counters:
+            continue
+        total["nights"] += 1
+        for key in ("requests", "bytes_down", "bytes_up"):
+            total[key] += int(counters.get(key) or 0)
+        for op, value in (counters.get("by_operation") or {}).items():
+            if isinstance(value, dict):  # {op: {"requests": n, ...}} rather than {op: n}
+                value = next((value[k] for k in ("requests", "n", "count") if k in value), 0)
+            by_operation[op] += int(value or 0)
+    total["by_operation"] = dict(by_operation)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 roots: moto's server of the cluster (AR_CLUSTER_S3=1)
+
+
+S3_CHUNK = 8 * 2**20  # boto3's transfer chunk: a larger object moves in ranged GETs / parts
+
+
+class S3Store:
+    """The cluster's local S3 server, seen from the bench: the raw archive uploaded to
+    s3://<bucket>/raw, listings, and the server's request log read back per pass."""
+
+    def __init__(self, endpoint: str, bucket: str) -> None:
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                config=Config(max_pool_connections=16),
+            )
+        return self._client
+
+    def upload_archive(self, raw: Path, plan: dict[str, str]) -> dict[str, Any]:
+        """Every raw file to raw/<night>/...; an empty folder as the 0-byte key raw/<night>/
+        (what the S3 console's "create folder" makes)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        files = [p for night in plan if (raw / night).is_dir() for p in (raw / night).rglob("*")]
+        files = [p for p in files if p.is_file()]
+        t0 = time.monotonic()
+
+        def put(path: Path) -> int:
+            self.client.upload_file(str(path), self.bucket, f"raw/{path.relative_to(raw)}")
+            return path.stat().st_size
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            size = sum(pool.map(put, files))
+        markers = [n for n, kind in plan.items() if kind == "empty_folder"]
+        for night in markers:
+            self.client.put_object(Bucket=self.bucket, Key=f"raw/{night}/", Body=b"")
+        seconds = time.monotonic() - t0
+        print(f"S3: {len(files)} raw files ({size / 1e9:.2f} GB) uploaded in {seconds:.0f} s")
+        return {"files": len(files), "bytes": size, "folder_markers": len(markers), "s": seconds}
+
+    def objects(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """key -> (size, "ETag@LastModified") under prefix."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        return {
+            o["Key"]: (o["Size"], f"{o['ETag'].strip(chr(34))}@{o['LastModified'].isoformat()}")
+            for page in pages
+            for o in page.get("Contents", [])
+        }
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+_LOG_LINE = re.compile(r'\[(\d\d/\w{3}/\d{4} \d\d:\d\d:\d\d)\] "(\w+) (\S+) HTTP/[\d.]+" (\d{3})')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def parse_s3_log(text: str, bucket: str) -> list[tuple[float, str, str, str, int]]:
+    """The requests in moto's (werkzeug's) log: (epoch second, method, key, query, status).
+    The log stamps local time to the second."""
+    found = []
+    for line in _ANSI.sub("", text).splitlines():
+        match = _LOG_LINE.search(line)
+        if not match:
+            continue
+        stamp, method, target, status = match.groups()
+        when = time.mktime(time.strptime(stamp, "%d/%b/%Y %H:%M:%S"))
+        path, _, query = target.partition("?")
+        path = urllib.parse.unquote(path).lstrip("/")
+        key = path[len(bucket) + 1 :] if path.startswith(f"{bucket}/") else ""
+        found.append((when, method, key, query, int(status)))
+    return found
+
+
+def s3_operation(method: str, key: str, query: str) -> str:
+    """The S3 operation of a request line (path-style addressing)."""
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    if method == "GET":
+        return "list" if not key or "list-type" in params or "prefix" in params else "get"
+    if method == "PUT":
+        return "put_part" if "uploadId" in params else "put" if key else "create_bucket"
+    if method == "POST":
+        if "uploads" in params:
+            return "create_multipart"
+        if "uploadId" in params:
+            return "complete_multipart"
+        return "delete_objects" if "delete" in params else "post"
+    return method.lower()  # head, delete
+
+
+def s3_traffic(
+    requests: list[tuple[float, str, str, str, int]],
+    window: tuple[float, float],
+    sizes: dict[str, int],
+) -> dict[str, Any]:
+    """Requests of a pass (those stamped within the window's seconds) by operation and status,
+    and the bytes they moved, estimated from the objects' sizes in the final listings: a GET
+    moves its object (at most one transfer chunk per request: larger objects come in ranged
+    GETs), a PUT its object, a part at most one chunk. Requests for keys no longer listed
+    (deleted since) move bytes the bench cannot size: counted apart."""
+    start, end = int(window[0]), int(window[1])
+    ops: Counter = Counter()
+    statuses: Counter = Counter()
+    areas: Counter = Counter()
+    down = up = unsized = raw_down = 0
+    for when, method, key, query, status in requests:
+        if not start <= when <= end:
+            continue
+        op = s3_operation(method, key, query)
+        ops[op] += 1
+        statuses[str(status)] += 1
+        area = key.split("/", 1)[0] if "/" in key else "bucket"
+        areas[f"{op} {area}"] += 1
+        if op == "get" and area == "raw" and status < 300 and key in sizes:
+            raw_down += min(sizes[key], S3_CHUNK)
+        if op in ("get", "put", "put_part") and status < 300:
+            if key not in sizes:
+                unsized += 1
+                continue
+            size = min(sizes[key], S3_CHUNK) if op != "put" else sizes[key]
+            if op == "get":
+                down += size
+            else:
+                up += size
+    return {
+        "requests": sum(ops.values()),
+        "by_operation": dict(ops),
+        "by_status": dict(statuses),
+        "bytes_down": down,
+        "bytes_up": up,
+        "unsized_transfers": unsized,
+        # where: "get raw", "head products", ... and the raw archive's bytes fetched
+        "by_area": dict(areas),
+        "raw_bytes_down": raw_down,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,6 +1320,36 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "cli_cpu_s": cli["cpu_s"],
         "rerun_recomputed_nights": results.get("rerun_recomputed_nights"),
     }
+    passes = results["passes"]
+    summary["cluster_cpu_s"] = [
+        passes[p]["analysis"]["machine"].get("cluster_cpu_s") if p in passes else None
+        for p in ("first", "rerun")
+    ]
+    outcomes = passes["first"].get("outcomes")
+    if outcomes is not None:
+        final = passes.get("rerun", passes["first"]).get("outcomes") or outcomes
+        summary["nights_expected"] = [
+            sum(o["expected"] for o in outcomes.values()),
+            sum(o["expected"] for o in final.values()),
+            len(outcomes),
+        ]
+        summary["unexpected"] = {
+            label: {
+                n: o["why"]
+                for n, o in (passes[label].get("outcomes") or {}).items()
+                if not o["expected"]
+            }
+            for label in passes
+        }
+    if "raw" in results:
+        summary["raw_bytes"] = results["raw"]["bytes"]
+        summary["products_bytes"] = [passes[p].get("products_bytes") for p in passes]
+        summary["s3_traffic"] = {
+            p: {k: v for k, v in passes[p]["s3_traffic"].items() if k != "by_status"}
+            for p in passes
+            if passes[p].get("s3_traffic")
+        }
+        summary["storage_counters"] = {p: passes[p].get("storage_counters") for p in passes}
     summary["targets_met"] = {
         "first_pass_s": summary["first_pass_s"] is not None
         and summary["first_pass_s"] <= TARGETS["first_pass_s"],
@@ -935,13 +1418,73 @@ def markdown_row(results: dict[str, Any], name: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def write_benchmarks(row: str, name: str, path: Path) -> None:
-    """Replace the row called `name` in the table between BEGIN and END (or add it there)."""
+def _gb(n: float | None) -> str:
+    return "–" if n is None else f"{n / 1e9:.2f}"
+
+
+def archive_row(results: dict[str, Any], name: str) -> str:
+    """The row of the 30-night archive table (BENCHMARKS.md, "A 30-night archive")."""
+    s = summarise(results)
+    rerun = s["rerun_s"]
+    tis = " / ".join("–" if n is None else str(n) for n in s["task_instances"])
+    retries = " / ".join("–" if n is None else str(n) for n in s["retries"])
+    cpu = " / ".join("–" if n is None else f"{n:.0f}" for n in s["cluster_cpu_s"])
+    ok_first, ok_rerun, total = s.get("nights_expected") or (None, None, None)
+    unexpected = s.get("unexpected", {}).get("first") or {}
+    nights_cell = f"{ok_first}/{total} (rerun {ok_rerun}/{total})"
+    if unexpected:
+        nights_cell += "; not: " + ", ".join(
+            f"{n} {results['plan'][n]}" for n in sorted(unexpected)
+        )
+    traffic = s.get("s3_traffic") or {}
+    if traffic:
+        requests = " / ".join(
+            str(traffic.get(p, {}).get("requests", "–")) for p in ("first", "rerun")
+        )
+        moved = "; ".join(
+            f"{_gb(traffic[p]['bytes_down'])} / {_gb(traffic[p]['bytes_up'])}"
+            for p in ("first", "rerun")
+            if p in traffic
+        )
+    else:
+        requests = moved = "– (local roots)"
+    counters = s.get("storage_counters") or {}
+    if any(counters.values()):
+        counters_cell = "; ".join(
+            f"{p}: {c['requests']} requests, {_gb(c['bytes_down'])} / {_gb(c['bytes_up'])} GB "
+            f"({c['nights']} manifests)"
+            for p, c in counters.items()
+            if c
+        )
+    else:
+        counters_cell = "–"
+    commit = results["code"]["commit"] + ("+dirty" if results["code"].get("dirty") else "")
+    cells = [
+        f"{name} (`{commit}`, {results['machine']['date'][:10]})",
+        f"{s['first_pass_s']:.0f}",
+        f"{rerun:.0f} ({s['rerun_fraction']:.0%})" if rerun else "–",
+        tis,
+        retries,
+        f"{s['efficiency']:.1%}" if s["efficiency"] is not None else "–",
+        f"{s['machine_busy']:.0%} ({s['machine_others']:.0%})",
+        cpu,
+        nights_cell,
+        f"{_gb(s.get('raw_bytes'))} / {_gb((s.get('products_bytes') or [None])[0])}",
+        requests,
+        moved,
+        counters_cell,
+        f"{results['cli']['nights']}: {s['cli_wall_s']:.1f} s ({s['cli_cpu_s']:.1f} CPU s)",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_benchmarks(row: str, name: str, path: Path, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the row called `name` in the table between `begin` and `end` (or add it there)."""
     text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} section")
-    head, rest = text.split(BEGIN, 1)
-    body, tail = rest.split(END, 1)
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no {begin} ... {end} section")
+    head, rest = text.split(begin, 1)
+    body, tail = rest.split(end, 1)
     lines = body.strip("\n").splitlines()
     names = [line.strip("| ").split(" |", 1)[0].strip() for line in lines]
     mine = [i for i, n in enumerate(names) if n == name or n.startswith(f"{name} ")]
@@ -950,7 +1493,7 @@ def write_benchmarks(row: str, name: str, path: Path) -> None:
     else:  # a new row goes before the placeholder "after", if there is one
         after = [i for i, n in enumerate(names) if n == "after" or n.startswith("after ")]
         lines.insert(after[0] if after else len(lines), row)
-    path.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+    path.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -989,6 +1532,27 @@ def print_table(results: dict[str, Any]) -> None:
         f"{s['rerun_s']} s = {s['rerun_fraction']} of it (target ≤ {TARGETS['rerun_fraction']})"
     )
     print(f"rerun recomputed something in: {s['rerun_recomputed_nights'] or 'no night'}")
+    if "nights_expected" in s:
+        ok, ok_rerun, total = s["nights_expected"]
+        print(f"nights as expected: {ok}/{total} first pass, {ok_rerun}/{total} rerun")
+        for label, nights in s["unexpected"].items():
+            for night, why in nights.items():
+                print(f"  {label}: {night} ({results['plan'][night]}): {'; '.join(why)}")
+    if "raw_bytes" in s:
+        print(
+            f"raw {_gb(s['raw_bytes'])} GB; products "
+            + ", ".join(_gb(b) for b in s["products_bytes"])
+            + " GB after each pass; cluster CPU s per pass: "
+            + ", ".join(str(c) for c in s["cluster_cpu_s"])
+        )
+        for label, t in s["s3_traffic"].items():
+            print(
+                f"S3 {label}: {t['requests']} requests {t['by_operation']}, "
+                f"{_gb(t['bytes_down'])} GB down, {_gb(t['bytes_up'])} GB up "
+                f"({t['unsized_transfers']} transfers of keys deleted since)"
+            )
+        for label, c in s["storage_counters"].items():
+            print(f"pipeline's storage counters, {label}: {c if c else '– (not in the manifests)'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -998,18 +1562,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = args.work.resolve()
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    plan = night_plan(args.first_night)
+    plan = night_plan(args.first_night, args.nights)
     raw, products = work / "raw", work / "products"
     build_archive(raw, work / "truth", plan, args.size)
+    damaged = damaged_files(raw, plan)
     tree, code = source_tree(args.source, work)
     env = code_env(tree)
     results: dict[str, Any] = {
         "machine": machine_facts(),
         "code": code,
+        "nights": args.nights,
+        "roots": args.roots,
         "plan": plan,
+        "damaged_files": damaged,
         "size": args.size,
         "conf": CONF,
         "max_active_runs": MAX_ACTIVE_RUNS,
+        "raw": tree_bytes(raw),
+        "raw_by_night": {n: tree_bytes(raw / n) for n in plan if (raw / n).is_dir()},
     }
     load0 = os.getloadavg()
     busy0 = _cpu_jiffies()
@@ -1024,10 +1594,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     shutil.rmtree(products, ignore_errors=True)
     products.mkdir(parents=True)
-    roots = {"raw_root": str(raw), "products_root": str(products)}
-    cluster = Cluster(tree, work / "cluster", logs, roots)
+    store: S3Store | None = None
+    extra_env: dict[str, str] = {}
+    if args.roots == "s3":
+        port = free_port()
+        store = S3Store(f"http://127.0.0.1:{port}", S3_BUCKET)
+        roots = {"raw_root": f"s3://{S3_BUCKET}/raw", "products_root": f"s3://{S3_BUCKET}/products"}
+        extra_env = {
+            "AR_CLUSTER_S3": "1",
+            "AR_CLUSTER_S3_PORT": str(port),
+            "AR_CLUSTER_S3_BUCKET": S3_BUCKET,
+        }
+    else:
+        roots = {"raw_root": str(raw), "products_root": str(products)}
+    cluster = Cluster(tree, work / "cluster", logs, roots, extra_env)
     with cluster_up(cluster) as startup_s:
         results["cluster"] = {"startup_s": round(startup_s, 1), **cluster.settings()}
+        if store is not None:
+            results["s3_upload"] = store.upload_archive(raw, plan)
         cluster.login()
         cluster.wait_for_dag(timeout=180)
         cluster.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
@@ -1038,23 +1622,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampler.start()
         results["passes"] = {}
         previous: dict[tuple[str, str, int], int] = {}
+        windows = {}
+        before: dict[str, dict] | None = None
         for label in ("first", "rerun"):
+            if store is not None:
+                time.sleep(2)  # the bench's own S3 requests stay out of the pass's seconds
             record = run_pass(cluster, label, plan, roots, sampler, previous, args.timeout)
+            windows[label] = record["window"]
             for t in record["tries"]:
                 key = (t["run_id"], t["task_id"], t["map_index"])
                 previous[key] = max(previous.get(key, 0), t["try_number"])
             for t in record["task_instances"]:
                 key = (t["run_id"], t["task_id"], t["map_index"])
                 previous[key] = max(previous.get(key, 0), t["try_number"])
-            manifests = read_manifests(products, plan)
+            if store is not None:
+                time.sleep(2)
+            manifests = read_manifests(products, plan, store)
+            outcomes = night_outcomes(plan, record["runs"], manifests, damaged)
+            if store is not None:
+                product_bytes = sum(size for size, _ in store.objects("products/").values())
+            else:
+                product_bytes = tree_bytes(products)["bytes"]
             results["passes"][label] = {
                 "analysis": analyse_pass(record),
                 "manifests": manifests,
+                "outcomes": outcomes,
+                "products_bytes": product_bytes,
+                "storage_counters": storage_totals(manifests, before),
                 "records": record,
             }
+            before = manifests
             analysis = results["passes"][label]["analysis"]
+            unexpected = {n: o["why"] for n, o in outcomes.items() if not o["expected"]}
             print(f"{label}: {analysis['wall_s']} s, runs {analysis['run_states']}", flush=True)
+            for night, why in unexpected.items():
+                print(f"  {night} ({plan[night]}) not as expected: {'; '.join(why)}", flush=True)
         sampler.stop_event.set()
+        if store is not None:
+            sizes = {key: size for key, (size, _) in store.objects("").items()}
+            requests = parse_s3_log((cluster.home / "logs" / "s3.log").read_text(), S3_BUCKET)
+            for label, window in windows.items():
+                results["passes"][label]["s3_traffic"] = s3_traffic(requests, window, sizes)
     first = results["passes"]["first"]["manifests"]
     results["rerun_recomputed_nights"] = sorted(
         night
@@ -1068,13 +1676,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def write_split(results: dict[str, Any], path: Path) -> None:
+    """The results without each pass's raw records (every try, run and pool sample) in `path`,
+    the records in `<stem>.records.json` beside it; `--from-json` and bench.scaling read the
+    first alone."""
+    records = {label: entry.pop("records", None) for label, entry in results["passes"].items()}
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    path.with_name(f"{path.stem}.records.json").write_text(json.dumps(records) + "\n")
+    for label, entry in results["passes"].items():
+        entry["records"] = records[label]
+
+
+def default_paths(nights: int, roots: str) -> tuple[Path, Path]:
+    """(work folder, results file): the 12-night local bench's as they were; the others' apart
+    (the 30-night archive is shared by its local and S3 runs)."""
+    work = (
+        REPO
+        / "bench"
+        / "work"
+        / ("cluster_backfill" if nights == 12 else f"cluster_backfill_{nights}")
+    )
+    if nights == 12:
+        name = "cluster_backfill.json" if roots == "local" else f"cluster_backfill_{roots}.json"
+    else:
+        name = f"cluster_backfill_{nights}_{roots}.json"
+    return work, REPO / "bench" / "results" / name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "cluster_backfill")
     parser.add_argument(
-        "--results", type=Path, default=REPO / "bench" / "results" / "cluster_backfill.json"
+        "--nights",
+        type=int,
+        choices=sorted(PLANS),
+        default=12,
+        help="the archive: 12 dates (default) or 30 (damaged files and empty folders too)",
+    )
+    parser.add_argument(
+        "--roots",
+        choices=("local", "s3"),
+        default="local",
+        help="raw archive and products on local disk (default) or in the cluster's S3 server",
+    )
+    parser.add_argument("--work", type=Path, help="default bench/work/cluster_backfill[_30]")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="default bench/results/cluster_backfill.json (12 nights, local roots), "
+        "cluster_backfill_s3.json, cluster_backfill_30_local.json, cluster_backfill_30_s3.json",
     )
     parser.add_argument("--size", type=int, default=1024, help="frame size (default 1024)")
     parser.add_argument("--first-night", default=FIRST_NIGHT)
@@ -1087,15 +1738,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-benchmarks",
         nargs="?",
-        const="after",
+        const="",
         metavar="NAME",
-        help="also write row NAME (default `after`) of the table in BENCHMARKS.md",
+        help="also write row NAME of the table in BENCHMARKS.md (12 nights: the cluster "
+        "table, default `after`; 30 nights: the archive table, default the roots)",
     )
     parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
         "--from-json", type=Path, help="print (and write) the row of a results file, run nothing"
     )
     args = parser.parse_args(argv)
+    work, results_path = default_paths(args.nights, args.roots)
+    args.work = args.work or work
+    args.results = args.results or results_path
     if args.from_json:
         results = json.loads(args.from_json.read_text())
     else:
@@ -1104,7 +1759,10 @@ def main(argv: list[str] | None = None) -> int:
         results["bench_s"] = round(time.perf_counter() - started, 1)
         results["summary"] = summarise(results)
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        if results["nights"] != 12:  # the tries apart: the results file stays small
+            write_split(results, args.results)
+        else:
+            args.results.write_text(json.dumps(results, indent=1) + "\n")
         stamped = args.results.with_name(
             f"{args.results.stem}-{results['code']['commit']}-"
             f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M}.json"
@@ -1112,10 +1770,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(args.results, stamped)
         print(f"results: {args.results} (and {stamped.name}); bench {results['bench_s']} s")
     print_table(results)
-    row = markdown_row(results, args.write_benchmarks or "after")
+    if results.get("nights", 12) == 12:
+        name = args.write_benchmarks or "after"
+        row = markdown_row(results, name)
+        begin, end = BEGIN, END
+    else:
+        name = args.write_benchmarks or results.get("roots", "local")
+        row = archive_row(results, name)
+        begin, end = ARCHIVE_BEGIN, ARCHIVE_END
     print("\nBENCHMARKS.md row:\n" + row)
-    if args.write_benchmarks:
-        write_benchmarks(row, args.write_benchmarks, args.benchmarks)
+    if args.write_benchmarks is not None:
+        write_benchmarks(row, name, args.benchmarks, begin, end)
         print(f"written to {args.benchmarks}")
     return 0
 
