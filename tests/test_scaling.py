@@ -141,3 +141,16 @@ def test_main_writes_scaling_md(tmp_path):
     assert scaling.main([*args, "--benchmarks", str(tmp_path / "none.md")]) == 0
     text = out.read_text()
     assert text.startswith("# Scaling") and "0.30 s an image" in text and "**assumed**" in text
+
+
+def test_the_per_group_astrometry_figures_are_preferred():
+    text = (
+        "## Astrometry once per group\n\n| night | route | case | images solved | wall s | CPU s |"
+        " wall s per image | CPU s per image | error |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| 1024² × 5 | `--scamp` | per group | 30/30 | 4.54 | 3.76 | 0.151 | 0.125 | x |\n"
+        "| 1024² × 5 | `--scamp` | --solve-each | 30/30 | 16.69 | 11.48 | 0.556 | 0.383 | x |\n"
+        "| 1024² × 20 | `-nl` | per group | 105/105 | 20.58 | 13.17 | 0.196 | 0.125 | x |\n\n"
+        "## Next\n\n### Astrometry per route\n\n| night | route | solved | median |\n"
+        "| 1024² × 5 | `--scamp` | 30/30 | 2.19 |\n"
+    )
+    assert scaling.astrometry_routes(text) == {"--scamp": 0.125}
