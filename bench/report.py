@@ -127,8 +127,9 @@ def steps_table(records: list[dict[str, Any]]) -> list[str]:
 
 def astrometry_table(records: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| night | route | images solved | median s per image | slowest s | total s |",
-        "|---|---|---|---|---|---|",
+        "| night | route | images solved | median s per image | slowest s | total s | "
+        "once per group: solved, total s, s per image |",
+        "|---|---|---|---|---|---|---|",
     ]
     labels = {
         "astromatic": "`-m`: source-extractor → psfex → source-extractor → scamp",
@@ -140,9 +141,18 @@ def astrometry_table(records: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 f"| {_config(r)} | {labels.get(route, route)} | {result['solved']}/"
                 f"{result['images']} | {_cell(result['per_image_median_s'])} | "
-                f"{_cell(result['per_image_max_s'])} | {result['total_s']:.1f} |"
+                f"{_cell(result['per_image_max_s'])} | {result['total_s']:.1f} | "
+                f"{_group_cell(result)} |"
             )
     return lines
+
+
+def _group_cell(result: dict[str, Any]) -> str:
+    """The per-group solve of the same night (results before it have none)."""
+    if "per_group_total_s" not in result:
+        return "–"
+    total, images = result["per_group_total_s"], max(result["images"], 1)
+    return f"{result['per_group_solved']}/{result['images']}, {total:.1f}, {total / images:.3f}"
 
 
 def airflow_table(records: list[dict[str, Any]]) -> list[str]:
@@ -214,7 +224,7 @@ def render(records: list[dict[str, Any]]) -> str:
         "",
         *steps_table(records),
         "",
-        "### Astrometry per route (one image at a time)",
+        "### Astrometry per route (one image at a time; then once per group)",
         "",
         *astrometry_table(records),
         "",
